@@ -1,0 +1,5 @@
+"""`python -m lbd ...` is the same as `lbd ...`."""
+
+from lbd.cli import main
+
+raise SystemExit(main())
