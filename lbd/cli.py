@@ -1,0 +1,136 @@
+"""Command line: argument parsing and dispatch only (see CONTRACT.md for the commands).
+
+Exit codes: 0 success; 1 invalid configuration or rejected reload; 2 usage error; 3 cannot bind
+or start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from lbd import __version__
+from lbd.errors import ConfigErrors
+
+DEFAULT_CONFIG = "/etc/lbd/lbd.yaml"
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_START = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lbd", description="Layer-7 HTTP load balancer for hospital information systems."
+    )
+    parser.add_argument("--version", action="version", version=f"lbd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run in the foreground (logs to stdout/stderr)")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser("check", help="validate a configuration file")
+    check.add_argument("-c", "--config", required=True, metavar="FILE")
+
+    reload = sub.add_parser("reload", help="ask the running daemon to re-read its file")
+    reload.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE")
+
+    ctl = sub.add_parser("ctl", help="send one admin-socket command and print the answer")
+    ctl.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE")
+    ctl.add_argument("words", nargs="+", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="mock EHR backends + lbd with conf/demo.yaml")
+    demo.add_argument("-c", "--config", default=None, metavar="FILE")
+
+    mock = sub.add_parser("mock", help="run one mock EHR backend")
+    mock.add_argument("--name", required=True)
+    mock.add_argument("--port", required=True, type=int)
+    mock.add_argument("--host", default="127.0.0.1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    command: str = args.command
+    if command == "check":
+        return cmd_check(args.config)
+    if command == "run":
+        return cmd_run(args.config, args.log_level)
+    if command == "mock":
+        from lbd.mock.app import mock_main
+
+        return mock_main(args.name, args.host, args.port)
+    if command == "demo":
+        from lbd.mock.demo import demo_main
+
+        return demo_main(args.config)
+    if command in ("reload", "ctl"):
+        from lbd.admin.client import ctl_main, reload_main
+
+        if command == "reload":
+            return reload_main(args.config)
+        return ctl_main(args.config, args.words)
+    parser.print_usage(sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_check(path: str) -> int:
+    from lbd.config.load import load_config
+
+    try:
+        load_config(path)
+    except ConfigErrors as errors:
+        for err in errors.errors:
+            print(err, file=sys.stdout)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stdout)
+        return EXIT_CONFIG
+    print("configuration valid")
+    return EXIT_OK
+
+
+def cmd_run(path: str, log_level: str) -> int:
+    from lbd.config.load import load_config
+    from lbd.process.worker import StartError, Worker
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s lbd[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = load_config(path)
+    except ConfigErrors as errors:
+        for err in errors.errors:
+            print(err, file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    import uvloop
+
+    async def serve() -> int:
+        worker = Worker(cfg)
+        try:
+            await worker.start()
+        except StartError as exc:
+            print(f"lbd: {exc}", file=sys.stderr)
+            return EXIT_START
+        await worker.run_until_stopped()
+        return EXIT_OK
+
+    try:
+        return uvloop.run(serve())
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

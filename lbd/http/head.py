@@ -1,0 +1,78 @@
+"""A parsed request head, as the proxy needs it.
+
+Rules: headers stay a list of (name, value) byte pairs in the order received, with the name's
+case preserved; only the few headers that change framing or routing are looked at, once, by
+`classify`. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Header names the proxy reacts to, mapped to small codes so `classify` does one dict lookup.
+H_HOST = 1
+H_CONTENT_LENGTH = 2
+H_TRANSFER_ENCODING = 3
+H_CONNECTION = 4
+H_EXPECT = 5
+H_UPGRADE = 6
+H_XFF = 7
+H_XFP = 8
+H_XFH = 9
+H_HOP = 10  # other hop-by-hop headers that are simply dropped
+H_COOKIE = 11
+
+SPECIAL_HEADERS: dict[bytes, int] = {
+    b"host": H_HOST,
+    b"content-length": H_CONTENT_LENGTH,
+    b"transfer-encoding": H_TRANSFER_ENCODING,
+    b"connection": H_CONNECTION,
+    b"expect": H_EXPECT,
+    b"upgrade": H_UPGRADE,
+    b"x-forwarded-for": H_XFF,
+    b"x-forwarded-proto": H_XFP,
+    b"x-forwarded-host": H_XFH,
+    b"keep-alive": H_HOP,
+    b"proxy-connection": H_HOP,
+    b"te": H_HOP,
+    b"trailer": H_HOP,
+    b"proxy-authorization": H_HOP,
+    b"cookie": H_COOKIE,
+}
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: list[tuple[bytes, bytes]]
+    path: bytes = b""  # target up to '?', percent-encoding untouched
+    query: bytes = b""  # after '?', without it
+    host: bytes | None = None
+    host_count: int = 0
+    content_length: int | None = None
+    content_length_count: int = 0
+    chunked: bool = False
+    transfer_encoding: bytes | None = None  # the raw, comma-joined value when present
+    keep_alive: bool = True
+    upgrade: bytes | None = None  # the Upgrade header value when the client asks to upgrade
+    expect_continue: bool = False
+    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    xff: bytes | None = None  # existing X-Forwarded-For value(s), comma-joined
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """(path, query) of an origin-form target; the fragment is not split off (inspect rejects it)."""
+    q = target.find(b"?")
+    if q < 0:
+        return target, b""
+    return target[:q], target[q + 1 :]
+
+
+def parse_connection_tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())

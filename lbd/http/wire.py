@@ -1,0 +1,147 @@
+"""Bytes that lbd writes itself: status lines, canned error responses and the Date header.
+
+Rules: everything here is built once (at import, or once a second for Date) and reused; nothing
+is formatted per request. Canned responses are small, carry a Content-Type and a Content-Length,
+and say `Connection: close` when lbd is about to close, so the client's state stays correct.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies must also drop.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+
+def reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _status_line(status: int) -> bytes:
+    return f"HTTP/1.1 {status} {reason_phrase(status)}\r\n".encode("latin-1")
+
+
+# Status lines for every code a server may send, built once.
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+class DateHeader:
+    """`Date:` value, formatted at most once a second (uvicorn does the same)."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+DATE = DateHeader()
+
+_ERROR_MESSAGES = {
+    400: "Your browser sent an invalid request.",
+    403: "Request forbidden by administrative rules.",
+    404: "Not found.",
+    405: "Method not allowed.",
+    408: "Your browser didn't send a complete request in time.",
+    413: "The request body is too large.",
+    414: "The request URI is too long.",
+    429: "Too many requests.",
+    431: "The request header section is too large.",
+    500: "An internal error occurred.",
+    501: "Method not implemented.",
+    502: "The server returned an invalid or incomplete response.",
+    503: "No server is available to handle this request.",
+    504: "The server didn't respond in time.",
+    505: "HTTP version not supported.",
+}
+
+
+def _canned(status: int, close: bool) -> bytes:
+    # The HTML mirrors HAProxy's short error pages: no version, no server name.
+    message = _ERROR_MESSAGES.get(status, reason_phrase(status))
+    body = (
+        f"<html><body><h1>{status} {reason_phrase(status)}</h1>\n{message}\n</body></html>\n"
+    ).encode()
+    head = (
+        status_line(status)
+        + b"Content-Type: text/html; charset=utf-8\r\n"
+        + b"Content-Length: %d\r\n" % len(body)
+        + b"Cache-Control: no-cache\r\n"
+        + (b"Connection: close\r\n" if close else b"")
+    )
+    return head + b"\r\n" + body
+
+
+# (status, close) → full response bytes (head and body). Date is not part of these on purpose:
+# error pages are rare and HAProxy's carry none either.
+_CANNED: dict[tuple[int, bool], bytes] = {
+    (status, close): _canned(status, close) for status in _ERROR_MESSAGES for close in (False, True)
+}
+
+
+def error_response(status: int, close: bool, head_only: bool = False) -> bytes:
+    """A complete small error response; `head_only` for answers to HEAD."""
+    data = _CANNED.get((status, close)) or _canned(status, close)
+    if head_only:
+        return data[: data.index(b"\r\n\r\n") + 4]
+    return data
+
+
+def simple_response(
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    close: bool,
+    extra_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = (),
+    head_only: bool = False,
+) -> bytes:
+    """A response built from config (`return:` and `redirect:` actions); not per-request hot."""
+    parts = [status_line(status)]
+    for name, value in extra_headers:
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"Content-Type: " + content_type + b"\r\n")
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CHUNK_END = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)

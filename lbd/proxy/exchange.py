@@ -1,0 +1,557 @@
+"""One request and its response: route → pick server → connection → relay → count.
+
+Rules:
+- The Runtime snapshot is captured once, by the client connection, when the request starts.
+- Request bytes for the server collect in `req_out` and leave in one write per client read
+  (`flush_upstream`); response bytes likewise in `resp_out` (`flush_client`).
+- A request is retried only while `replay` still holds every byte sent (bounded) and either
+  nothing reached the server (connect failure) or the method is idempotent. A POST is never
+  resent once any of its bytes reached a server.
+- Once the response head went to the client, a failure closes the client connection: never a
+  second status line.
+- Errors map to a status by their source: connect failure → retry, then 503; server timeout →
+  504; bad response → 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from lbd.http import wire
+from lbd.http.head import RequestHead
+from lbd.routing.router import LocalAnswer
+from lbd.stats.counters import status_class
+
+if TYPE_CHECKING:
+    from lbd.proxy.client import ClientConnection
+    from lbd.proxy.upstream import UpstreamConnection
+    from lbd.runtime import BackendRuntime, FrontendRuntime, Runtime
+    from lbd.state import ServerState
+
+log = logging.getLogger("lbd.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this a failure is final
+CONNECT_BUFFER_LIMIT = 256 * 1024  # request body buffered while connecting before pausing
+
+# Request headers never forwarded: hop-by-hop ones, and those lbd rewrites itself.
+_DROP_REQUEST = wire.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def request_head_bytes(head: RequestHead, client_ip: bytes, proto: bytes) -> bytes:
+    """The head sent to the server: hop-by-hop headers removed, X-Forwarded-* set."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    extra = head.connection_tokens - _STANDARD_TOKENS
+    drop = _DROP_REQUEST | extra if extra else _DROP_REQUEST
+    for name, value in head.headers:
+        if name.lower() in drop:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    xff = head.xff + b", " + client_ip if head.xff else client_ip
+    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
+    if head.host is not None:
+        parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if head.upgrade is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class Exchange:
+    __slots__ = (
+        "backend",
+        "client",
+        "client_close",
+        "connecting",
+        "done",
+        "fe",
+        "head",
+        "module",
+        "rechunk",
+        "replay",
+        "replay_bytes",
+        "req_body_bytes",
+        "req_done",
+        "req_out",
+        "resp_bytes",
+        "resp_done",
+        "resp_out",
+        "resp_started",
+        "retries_left",
+        "runtime",
+        "server",
+        "started_at",
+        "status",
+        "tunnel_pending",
+        "until_close",
+        "upstream",
+        "upstream_keep_alive",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        head: RequestHead,
+        runtime: Runtime,
+        fe: FrontendRuntime,
+        started_at: float,
+    ) -> None:
+        # --- fixed for the request's lifetime (the snapshot is never re-read)
+        self.client = client
+        self.head = head
+        self.runtime = runtime
+        self.fe = fe
+        self.started_at = started_at
+        self.module = "other"
+        self.backend: BackendRuntime | None = None
+        # --- server leg
+        self.server: ServerState | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.connecting = False
+        self.retries_left = 0
+        # --- request body, client → server
+        self.req_out: list[bytes] = []
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
+        self.req_body_bytes = 0
+        self.req_done = False
+        # --- response, server → client
+        self.resp_out: list[bytes] = []
+        self.status = 0  # final status; 0 until a final response head arrived
+        self.resp_started = False  # a final response head was queued for the client
+        self.resp_done = False
+        self.resp_bytes = 0
+        self.rechunk = False  # the client gets a chunked body we encode
+        self.until_close = False  # the server delimits the body by closing
+        self.upstream_keep_alive = True
+        self.client_close = not head.keep_alive
+        self.tunnel_pending: list[bytes] | None = None
+        self.done = False
+
+    # --- start -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route the request and send it on its way (called when it is the client's turn)."""
+        fe = self.fe
+        client = self.client
+        head = self.head
+        router = fe.router
+        src = client.peer_ip_object() if router.needs_src else None
+        self.module = router.module(head, src)
+        fe.module_counters[self.module].requests += 1
+        target = router.route(head, src)
+        if isinstance(target, LocalAnswer):
+            if target.denied:
+                fe.counters.denied += 1
+            self.reply_local(target.status, target.response(True))
+            return
+        backend = self.runtime.backends[target]
+        self.backend = backend
+        backend.counters.requests += 1
+        self.retries_left = backend.config.retries
+        data = request_head_bytes(head, client.peer_ip, client.proto)
+        self.req_out.insert(0, data)
+        self._remember(data)
+        self._dispatch(None)
+
+    def _dispatch(self, avoid: ServerState | None) -> None:
+        backend = self.backend
+        assert backend is not None
+        server = backend.pick(avoid)
+        if server is None:
+            backend.counters.no_server += 1
+            self.reply_local(503, wire.error_response(503, True))
+            return
+        if avoid is not None and server is not avoid:
+            backend.counters.redispatches += 1
+        self.server = server
+        server.inflight += 1
+        sc = server.counters
+        sc.requests += 1
+        sc.cur_requests += 1
+        if sc.cur_requests > sc.max_requests:
+            sc.max_requests = sc.cur_requests
+        backend.balancer.request_started(server)
+        conn = server.pool.acquire()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.connecting = True
+            asyncio.get_running_loop().create_task(self._connect(server))
+
+    async def _connect(self, server: ServerState) -> None:
+        backend = self.backend
+        assert backend is not None
+        t0 = self.client.loop.time()
+        try:
+            conn = await server.pool.connect(backend.config.timeouts.connect)
+        except (OSError, TimeoutError) as exc:
+            self.connecting = False
+            if self.done:
+                return
+            reason = "connect timeout" if isinstance(exc, TimeoutError) else str(exc)
+            self._connect_failed(server, reason)
+            return
+        self.connecting = False
+        server.counters.connections += 1
+        server.counters.connect_time.observe(self.client.loop.time() - t0)
+        if self.done:
+            server.pool.release(conn)  # the client left meanwhile; the fresh connection is fine
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        assert self.backend is not None
+        self.upstream = conn
+        conn.attach(self, self.backend.config.timeouts.server)
+        if self.tunnel_pending is None and self.head.upgrade is not None:
+            self.tunnel_pending = []
+        self.flush_upstream()
+        self.client.resume_reading_for_connect()
+
+    def _release_server(self) -> None:
+        server = self.server
+        if server is not None:
+            self.server = None
+            server.inflight -= 1
+            server.counters.cur_requests -= 1
+
+    def _connect_failed(self, server: ServerState, reason: str) -> None:
+        backend = self.backend
+        assert backend is not None
+        server.counters.conn_errors += 1
+        backend.counters.conn_errors += 1
+        self._release_server()
+        log.debug("connect to %s/%s failed: %s", backend.name, server.name, reason)
+        if self.retries_left > 0:
+            self.retries_left -= 1
+            backend.counters.retries += 1
+            server.counters.retries += 1
+            self._dispatch(server if backend.config.redispatch else None)
+            return
+        self.reply_local(503, wire.error_response(503, True))
+
+    # --- request body, from the client connection -------------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        n = len(data)
+        self.req_body_bytes += n
+        piece = wire.chunk(data) if self.head.chunked else data
+        self.req_out.append(piece)
+        if self.replay is not None:
+            self._remember(piece)
+        if self.upstream is None and not self.done:
+            if sum(len(p) for p in self.req_out) > CONNECT_BUFFER_LIMIT:
+                self.client.pause_reading_for_connect()
+
+    def request_complete(self) -> None:
+        if self.head.chunked:
+            self.req_out.append(wire.CHUNK_END)
+            if self.replay is not None:
+                self._remember(wire.CHUNK_END)
+        self.req_done = True
+        if self.resp_done and not self.done:
+            self._finish()
+
+    def _remember(self, piece: bytes) -> None:
+        assert self.replay is not None
+        self.replay_bytes += len(piece)
+        if self.replay_bytes > REPLAY_LIMIT:
+            self.replay = None
+        else:
+            self.replay.append(piece)
+
+    def flush_upstream(self) -> None:
+        conn = self.upstream
+        out = self.req_out
+        if conn is not None and out:
+            conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    # --- response, from the upstream connection ---------------------------------------------------
+
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
+        if status < 200 and status != 101:
+            # Interim response (100 Continue, 103 Early Hints): pass it on to 1.1 clients only.
+            if self.head.version == b"1.1":
+                self.resp_out.append(_head_bytes(status, headers, wire.HOP_BY_HOP, b""))
+            return
+        self.status = status
+        self.resp_started = True
+        self.upstream_keep_alive = keep
+        head = self.head
+        chunked = False
+        has_length = False
+        drop = wire.HOP_BY_HOP
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif lname == b"content-length":
+                has_length = True
+            elif lname == b"connection":
+                extra = {t.strip().lower() for t in value.split(b",")} - _STANDARD_TOKENS
+                if extra:
+                    drop = drop | extra
+        no_body = head.method == b"HEAD" or status in (204, 304) or status == 101
+        extra_lines = b""
+        client_11 = head.version == b"1.1"
+        if not no_body and not has_length:
+            if not chunked:
+                self.until_close = True
+                self.upstream_keep_alive = False
+            if client_11:
+                self.rechunk = True
+                extra_lines = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.client_close = True
+        if status == 101:
+            extra_lines += b"Connection: Upgrade\r\nUpgrade: " + (head.upgrade or b"") + b"\r\n"
+        elif self.client_close or not self.req_done:
+            # Not finished reading the request: close after answering rather than drain it.
+            self.client_close = True
+            extra_lines += b"Connection: close\r\n"
+        elif not client_11:
+            extra_lines += b"Connection: keep-alive\r\n"
+        self.resp_out.append(_head_bytes(status, headers, drop, extra_lines))
+        if no_body and status != 101:
+            if head.method == b"HEAD" and self.upstream is not None:
+                # llhttp does not know the request was HEAD and would wait for a body.
+                self.upstream.reset_parser()
+            self.response_complete()
+
+    def response_body(self, data: bytes) -> None:
+        if self.status == 0 or self.resp_done:
+            return
+        self.resp_bytes += len(data)
+        self.resp_out.append(wire.chunk(data) if self.rechunk else data)
+
+    def response_complete(self) -> None:
+        if self.status == 0 or self.resp_done:
+            return  # end of an interim response
+        if self.rechunk:
+            self.resp_out.append(wire.CHUNK_END)
+        self.resp_done = True
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.deadline.clear()
+            if self.upstream_keep_alive and self.req_done and not self.until_close:
+                conn.pool.release(conn)
+            else:
+                conn.exchange = None
+                conn.close()
+        self.flush_client()
+        self._finish()
+
+    def flush_client(self) -> None:
+        out = self.resp_out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    # --- upgrade tunnel ---------------------------------------------------------------------------
+
+    def upgrade_accepted(self) -> bool:
+        if self.status != 101 or self.head.upgrade is None:
+            return False
+        self.flush_client()
+        self.client.start_tunnel(self)
+        pending, self.tunnel_pending = self.tunnel_pending or [], None
+        for data in pending:
+            self.tunnel_to_upstream(data)
+        if self.upstream is not None:
+            self.upstream.deadline.clear()
+        return True
+
+    def tunnel_to_client(self, data: bytes) -> None:
+        self.resp_bytes += len(data)
+        self.client.write(data)
+
+    def tunnel_to_upstream(self, data: bytes) -> None:
+        if self.tunnel_pending is not None:
+            self.tunnel_pending.append(data)
+            return
+        if self.upstream is not None:
+            self.req_body_bytes += len(data)
+            self.upstream.write(data)
+
+    # --- failures ----------------------------------------------------------------------------------
+
+    def upstream_closed(self, conn: UpstreamConnection) -> None:
+        """The server connection closed while this exchange owned it."""
+        if self.upstream is not conn or self.done:
+            return
+        self.upstream = None
+        if conn.tunnel:
+            self.resp_done = self.req_done = True
+            self.client_close = True
+            self._finish()
+            return
+        if self.until_close and self.resp_started:
+            self.response_complete()
+            return
+        if not self.resp_started:
+            self._retry_or_fail(conn, "empty-response", 502)
+            return
+        self._abort_response("server closed mid-response")
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str, status: int) -> None:
+        """The server sent something unparseable."""
+        conn.exchange = None
+        conn.abort()
+        if self.upstream is conn:
+            self.upstream = None
+        if self.done:
+            return
+        self._count_response_error()
+        if self.resp_started:
+            self._abort_response(reason)
+        else:
+            self.reply_local(status, wire.error_response(status, True))
+
+    def upstream_timeout(self, conn: UpstreamConnection) -> None:
+        conn.exchange = None
+        conn.abort()
+        if self.upstream is conn:
+            self.upstream = None
+        if self.done:
+            return
+        self._count_response_error()
+        if self.resp_started:
+            self._abort_response("server timeout")
+        else:
+            self.reply_local(504, wire.error_response(504, True))
+
+    def _retry_or_fail(self, conn: UpstreamConnection, reason: str, status: int) -> None:
+        server = self.server
+        backend = self.backend
+        assert backend is not None and server is not None
+        replay = self.replay
+        # A reused connection that the server closed before answering is the idle-close race:
+        # safe to resend an idempotent request, and it does not count as a server failure.
+        if replay is not None and self.req_done and self.head.method in IDEMPOTENT:
+            if conn.reused or self.retries_left > 0:
+                if not conn.reused:
+                    self.retries_left -= 1
+                    backend.counters.retries += 1
+                    server.counters.retries += 1
+                self._release_server()
+                self.req_out = list(replay)
+                self._dispatch(server if not conn.reused and backend.config.redispatch else None)
+                return
+        self._count_response_error()
+        self.reply_local(status, wire.error_response(status, True))
+
+    def _count_response_error(self) -> None:
+        if self.server is not None:
+            self.server.counters.response_errors += 1
+        if self.backend is not None:
+            self.backend.counters.response_errors += 1
+
+    def _abort_response(self, reason: str) -> None:
+        log.debug("aborting response to %s: %s", self.client.peer_ip.decode(), reason)
+        self.client_close = True
+        self.resp_out.clear()
+        self.done = True
+        self._account()
+        self.client.abort_after(self)
+
+    def client_lost(self) -> None:
+        """The client went away before the exchange finished."""
+        if self.done:
+            return
+        self.done = True
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.exchange = None
+            conn.abort()
+        self._account()
+
+    # --- local answers and the end --------------------------------------------------------------
+
+    def reply_local(self, status: int, data: bytes) -> None:
+        """Answer from lbd itself (deny, redirect, errors). Always closes the client connection
+        when the request body is not fully read, so no unread byte is taken for a request."""
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.exchange = None
+            conn.abort()
+        self.status = status
+        self.resp_started = True
+        self.resp_done = True
+        if not self.req_done or b"Connection: close" in data[: data.find(b"\r\n\r\n")]:
+            self.client_close = True
+        if self.head.method == b"HEAD":
+            data = data[: data.find(b"\r\n\r\n") + 4]
+        self.resp_bytes += len(data)
+        self.resp_out.append(data)
+        self.flush_client()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        if not self.req_done and not self.client_close:
+            # The response is complete but the request body is still arriving: wait for it
+            # (request_complete calls back) so the connection stays in sync.
+            return
+        self.done = True
+        self._account()
+        self.client.exchange_finished(self)
+
+    def _account(self) -> None:
+        """Count the finished (or aborted) exchange everywhere it belongs."""
+        elapsed = self.client.loop.time() - self.started_at
+        cls = status_class(self.status)
+        fe = self.fe
+        fc = fe.counters
+        fc.responses[cls] += 1
+        fc.bytes_in += self.req_body_bytes
+        fc.bytes_out += self.resp_bytes
+        fc.response_time.observe(elapsed)
+        mc = fe.module_counters[self.module]
+        mc.responses[cls] += 1
+        mc.bytes_in += self.req_body_bytes
+        mc.bytes_out += self.resp_bytes
+        mc.response_time.observe(elapsed)
+        backend = self.backend
+        if backend is not None:
+            bc = backend.counters
+            bc.responses[cls] += 1
+            bc.bytes_in += self.req_body_bytes
+            bc.bytes_out += self.resp_bytes
+            bc.response_time.observe(elapsed)
+        server = self.server
+        if server is not None:
+            sc = server.counters
+            sc.responses[cls] += 1
+            sc.bytes_in += self.req_body_bytes
+            sc.bytes_out += self.resp_bytes
+            sc.response_time.observe(elapsed)
+        log_sink = self.client.access_log
+        if log_sink is not None:
+            log_sink(self, elapsed)
+        if server is not None:
+            if backend is not None:
+                backend.balancer.request_finished(server, elapsed)
+            self._release_server()
+
+
+def _head_bytes(
+    status: int, headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes], extra: bytes
+) -> bytes:
+    parts = [wire.status_line(status)]
+    for name, value in headers:
+        if name.lower() in drop:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    parts += (extra, b"\r\n")
+    return b"".join(parts)

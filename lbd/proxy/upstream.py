@@ -1,0 +1,163 @@
+"""One keep-alive TCP connection to a server, with its httptools response parser.
+
+Rules: the parser callbacks only collect; the response head goes to the owning Exchange at
+headers-complete. A connection belongs to at most one Exchange at a time and goes back to its
+pool only after the response was read completely and the request was sent completely. Bytes
+produced while parsing one read are handed over in one batch (`exchange.flush_client()`), so a
+keep-alive response costs one read here and one write on the client leg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from lbd.proxy.timer import Deadline
+
+if TYPE_CHECKING:
+    from lbd.proxy.connpool import ConnPool
+    from lbd.proxy.exchange import Exchange
+
+
+class UpstreamConnection(asyncio.Protocol):
+    # --- connection lifetime
+    __slots__ = (
+        "_headers",
+        "_parser",
+        "closed",
+        "deadline",
+        "exchange",
+        "loop",
+        "pool",
+        "reused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: ConnPool) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.deadline = Deadline(loop, self._on_timeout)
+        self.closed = False
+        self.reused = False  # has served a response already (an idle close race is possible)
+        self.tunnel = False  # after a 101: raw bytes both ways
+        # --- per response
+        self.exchange: Exchange | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    # asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=256 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # A server may not speak unasked; an idle connection that does is unusable.
+            self.close()
+            return
+        if self.tunnel:
+            ex.tunnel_to_client(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0]
+            if ex.upgrade_accepted():
+                self.tunnel = True
+                ex.flush_client()
+                if offset < len(data):
+                    ex.tunnel_to_client(data[offset:])
+                return
+            ex.upstream_failed(self, "bad-response", 502)
+            return
+        except httptools.HttpParserError:
+            ex.upstream_failed(self, "bad-response", 502)
+            return
+        ex.flush_client()
+
+    def eof_received(self) -> bool | None:
+        return None  # let asyncio close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_closed(self)
+        else:
+            self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.resume_reading_for_upstream()
+
+    # httptools callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            p = self._parser
+            ex.response_head(p.get_status_code(), self._headers, p.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.response_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.response_complete()
+
+    # ----------------------------------------------------------------------------------------
+
+    def attach(self, exchange: Exchange, timeout: float) -> None:
+        self.exchange = exchange
+        self.deadline.set(timeout)
+
+    def reset_parser(self) -> None:
+        """Start over with a fresh parser (after a response to HEAD, which llhttp can't know)."""
+        self._parser = httptools.HttpResponseParser(self)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.deadline.cancel()
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _on_timeout(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_timeout(self)
+        else:
+            self.close()

@@ -1,0 +1,165 @@
+"""The immutable runtime snapshot: everything built from one configuration.
+
+Rules: a request reads `holder.runtime` once, when it starts, and uses that snapshot to the
+end, so a reload is one assignment (`holder.runtime = new`) and requests in flight finish on the
+old one. `build_runtime(cfg, previous)` keeps state that belongs to an identity rather than to a
+config: servers (health, admin state, counters, pooled connections) by (backend, server name),
+and frontend/backend/module counters by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from lbd.balancing.base import Balancer
+from lbd.balancing.registry import implemented, make_balancer
+from lbd.config.schema import Backend, Config, Frontend, Limits
+from lbd.proxy.connpool import ConnPool
+from lbd.routing.router import Router
+from lbd.state import ServerState
+from lbd.stats.counters import BackendCounters, FrontendCounters, TrafficCounters
+
+log = logging.getLogger("lbd.runtime")
+
+
+class BackendRuntime:
+    __slots__ = (
+        "_no_server_logged",
+        "active",
+        "backups",
+        "balancer",
+        "config",
+        "counters",
+        "name",
+        "servers",
+    )
+
+    def __init__(
+        self, config: Backend, servers: list[ServerState], counters: BackendCounters
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.servers = servers
+        self.active = [s for s in servers if not s.config.backup]
+        self.backups = [s for s in servers if s.config.backup]
+        self.balancer: Balancer = make_balancer(config.balance, self.active)
+        self.counters = counters
+        self._no_server_logged = False
+
+    def pick(self, avoid: ServerState | None) -> ServerState | None:
+        """A server for a new request: actives through the balancer, else the first usable
+        backup (all of them in turn with `allbackups`)."""
+        server = self.balancer.pick(None, avoid)
+        if server is None and avoid is not None:
+            # The only usable server is the one that just failed: better it than a 503.
+            server = self.balancer.pick(None, None)
+        if server is None:
+            server = self._pick_backup(avoid)
+        if server is None:
+            if not self._no_server_logged:
+                log.error("backend %s has no server available!", self.name)
+                self._no_server_logged = True
+        else:
+            self._no_server_logged = False
+        return server
+
+    def _pick_backup(self, avoid: ServerState | None) -> ServerState | None:
+        usable = [s for s in self.backups if s.usable()]
+        if not usable:
+            return None
+        if self.config.allbackups:
+            # Rotate through the usable backups; the list is tiny.
+            self.backups.append(self.backups.pop(0))
+        preferred = [s for s in usable if s is not avoid]
+        return (preferred or usable)[0]
+
+    def server(self, name: str) -> ServerState | None:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        return None
+
+
+class FrontendRuntime:
+    __slots__ = ("config", "counters", "limits", "module_counters", "name", "router", "timeouts")
+
+    def __init__(
+        self,
+        config: Frontend,
+        limits: Limits,
+        counters: FrontendCounters,
+        module_counters: dict[str, TrafficCounters],
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.router = Router(config)
+        self.counters = counters
+        self.limits = limits
+        self.timeouts = config.timeouts
+        self.module_counters = module_counters
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: Config
+    frontends: dict[str, FrontendRuntime]
+    backends: dict[str, BackendRuntime]
+    generation: int = 0
+    servers: dict[tuple[str, str], ServerState] = field(default_factory=dict)
+
+
+class RuntimeHolder:
+    """The one mutable reference: listeners read `.runtime` per request; reload assigns it."""
+
+    __slots__ = ("runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+
+def build_runtime(
+    cfg: Config, previous: Runtime | None, loop: asyncio.AbstractEventLoop
+) -> Runtime:
+    """A new snapshot for `cfg`, reusing identity-owned state from `previous`."""
+    old_servers = previous.servers if previous is not None else {}
+    servers: dict[tuple[str, str], ServerState] = {}
+    backends: dict[str, BackendRuntime] = {}
+    for b in cfg.backends:
+        states: list[ServerState] = []
+        for s in b.servers:
+            state = old_servers.get((b.name, s.name))
+            if state is None or state.config.address != s.address:
+                pool = ConnPool(loop, s.address, b.pool_max_idle, b.pool_idle_timeout)
+                state = ServerState(b.name, s, pool)
+            else:
+                # Same identity and address: keep health, admin state, counters and pool.
+                state.config = s
+                state.weight = s.weight
+                state.pool.max_idle = b.pool_max_idle
+                state.pool.idle_timeout = b.pool_idle_timeout
+            servers[(b.name, s.name)] = state
+            states.append(state)
+        if not implemented(b.balance.algorithm):
+            log.warning(
+                "backend %s: balance %s is not implemented yet, using roundrobin",
+                b.name,
+                b.balance.algorithm,
+            )
+        old_backend = previous.backends.get(b.name) if previous is not None else None
+        counters = old_backend.counters if old_backend is not None else BackendCounters()
+        backends[b.name] = BackendRuntime(b, states, counters)
+
+    frontends: dict[str, FrontendRuntime] = {}
+    for f in cfg.frontends:
+        old_fe = previous.frontends.get(f.name) if previous is not None else None
+        fe_counters = old_fe.counters if old_fe is not None else FrontendCounters()
+        modules: dict[str, TrafficCounters] = {}
+        for name in (*(m.name for m in f.modules), "other"):
+            old_mod = old_fe.module_counters.get(name) if old_fe is not None else None
+            modules[name] = old_mod if old_mod is not None else TrafficCounters()
+        frontends[f.name] = FrontendRuntime(f, cfg.global_.limits, fe_counters, modules)
+
+    generation = previous.generation + 1 if previous is not None else 1
+    return Runtime(cfg, frontends, backends, generation, servers)

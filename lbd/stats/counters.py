@@ -1,0 +1,108 @@
+"""Plain-integer counters owned by frontends, backends, servers and modules.
+
+Rules: the hot path only does `x += 1` on attributes of these objects: no locks, no dict lookups
+by label, no prometheus-client objects. Exporters (prometheus.py, html.py, the admin socket)
+read them at scrape time. Objects are kept across reloads by identity (see runtime.py), so a
+counter never resets because the configuration changed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+# Response classes: index = status // 100 for 1xx..5xx, 0 for anything else ("other").
+CLASS_LABELS = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+# Latency bucket upper bounds in seconds, suited to an EHR: 1 ms … 30 s.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+def status_class(status: int) -> int:
+    c = status // 100
+    return c if 1 <= c <= 5 else 0
+
+
+class Histogram:
+    """Fixed-bucket latency histogram; `counts[i]` is for values <= LATENCY_BUCKETS[i], the last
+    slot for values above every bound (+Inf)."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (what HAProxy-style pages show)."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else LATENCY_BUCKETS[-1]
+        return LATENCY_BUCKETS[-1]
+
+
+class TrafficCounters:
+    """What frontends, backends, servers and modules all count."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "cur_requests",
+        "max_requests",
+        "requests",
+        "response_time",
+        "responses",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.responses = [0] * len(CLASS_LABELS)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.cur_requests = 0
+        self.max_requests = 0
+        self.response_time = Histogram()
+
+
+class FrontendCounters(TrafficCounters):
+    __slots__ = ("conn_cur", "conn_total", "denied", "malformed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conn_total = 0
+        self.conn_cur = 0
+        self.denied = 0
+        self.malformed: dict[str, int] = {}  # reason → count; reasons are a fixed small set
+
+
+class BackendCounters(TrafficCounters):
+    __slots__ = ("conn_errors", "no_server", "redispatches", "response_errors", "retries")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conn_errors = 0
+        self.response_errors = 0
+        self.retries = 0
+        self.redispatches = 0
+        self.no_server = 0
+
+
+class ServerCounters(BackendCounters):
+    __slots__ = ("connect_time", "connections")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections = 0  # new TCP connections opened to this server
+        self.connect_time = Histogram()
