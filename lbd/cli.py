@@ -7,7 +7,6 @@ or start.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -71,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(args.config)
     if command in ("reload", "ctl"):
         from lbd.admin.client import ctl_main, reload_main
+
 
         if command == "reload":
             return reload_main(args.config)

@@ -7,8 +7,6 @@ case preserved; only the few headers that change framing or routing are looked a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 # Header names the proxy reacts to, mapped to small codes so `classify` does one dict lookup.
 H_HOST = 1
 H_CONTENT_LENGTH = 2
@@ -41,33 +39,61 @@ SPECIAL_HEADERS: dict[bytes, int] = {
 }
 
 
-@dataclass(slots=True)
 class RequestHead:
-    method: bytes
-    target: bytes
-    version: bytes  # b"1.1" or b"1.0"
-    headers: list[tuple[bytes, bytes]]
-    path: bytes = b""  # target up to '?', percent-encoding untouched
-    query: bytes = b""  # after '?', without it
-    host: bytes | None = None
-    host_count: int = 0
-    content_length: int | None = None
-    content_length_count: int = 0
-    chunked: bool = False
-    transfer_encoding: bytes | None = None  # the raw, comma-joined value when present
-    keep_alive: bool = True
-    upgrade: bytes | None = None  # the Upgrade header value when the client asks to upgrade
-    expect_continue: bool = False
-    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
-    xff: bytes | None = None  # existing X-Forwarded-For value(s), comma-joined
+    """Plain slots class: built once per request, so no dataclass machinery."""
+
+    __slots__ = (
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "transfer_encoding",
+        "upgrade",
+        "version",
+        "xff",
+    )
+
+    def __init__(
+        self, method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version  # b"1.1" or b"1.0"
+        self.headers = headers
+        self.path = b""  # target up to '?', percent-encoding untouched
+        self.query = b""  # after '?', without it
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.transfer_encoding: bytes | None = None  # raw comma-joined value when present
+        self.keep_alive = True
+        self.upgrade: bytes | None = None  # the Upgrade value when the client asks to upgrade
+        self.expect_continue = False
+        self.connection_tokens: frozenset[bytes] = EMPTY_TOKENS
+        self.xff: bytes | None = None  # existing X-Forwarded-For value(s), comma-joined
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
 
+EMPTY_TOKENS: frozenset[bytes] = frozenset()
+_COMMON_TOKENS = {
+    b"keep-alive": frozenset({b"keep-alive"}),
+    b"close": frozenset({b"close"}),
+    b"upgrade": frozenset({b"upgrade"}),
+}
+
+
 def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """(path, query) of an origin-form target; the fragment is not split off (inspect rejects it)."""
+    """(path, query) of an origin-form target; a fragment stays in the path (inspect rejects it)."""
     q = target.find(b"?")
     if q < 0:
         return target, b""
@@ -75,4 +101,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 
 def parse_connection_tokens(value: bytes) -> frozenset[bytes]:
+    common = _COMMON_TOKENS.get(value.lower())
+    if common is not None:
+        return common
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())

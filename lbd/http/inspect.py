@@ -26,21 +26,21 @@ from lbd.http.head import (
     SPECIAL_HEADERS,
     RequestHead,
     parse_connection_tokens,
-    split_target,
 )
-
-_SUPPORTED_VERSIONS = (b"1.1", b"1.0")
 
 
 def classify(head: RequestHead) -> None:
     """Fill the framing fields of `head` from its headers, refusing what is unsafe to forward."""
-    if head.version not in _SUPPORTED_VERSIONS:
-        raise VersionNotSupported("bad-version", head.version.decode("latin-1"))
+    version = head.version
+    if version != b"1.1" and version != b"1.0":
+        raise VersionNotSupported("bad-version", version.decode("latin-1"))
     if head.method == b"CONNECT":
         raise NotImplementedMethod("connect-method", "lbd is not a forward proxy")
 
     special = SPECIAL_HEADERS
-    te_values: list[bytes] = []
+    host: bytes | None = None
+    host_count = 0
+    te_values: list[bytes] | None = None
     cl_value: bytes | None = None
     connection: bytes | None = None
     upgrade: bytes | None = None
@@ -49,15 +49,17 @@ def classify(head: RequestHead) -> None:
         if code is None:
             continue
         if code == H_HOST:
-            head.host_count += 1
-            head.host = value
+            host_count += 1
+            host = value
         elif code == H_CONTENT_LENGTH:
-            head.content_length_count += 1
             if cl_value is not None and value != cl_value:
                 raise BadRequest("content-length-conflict")
             cl_value = value
         elif code == H_TRANSFER_ENCODING:
-            te_values.append(value)
+            if te_values is None:
+                te_values = [value]
+            else:
+                te_values.append(value)
         elif code == H_CONNECTION:
             connection = value if connection is None else connection + b"," + value
         elif code == H_EXPECT:
@@ -66,41 +68,53 @@ def classify(head: RequestHead) -> None:
             upgrade = value
         elif code == H_XFF:
             head.xff = value if head.xff is None else head.xff + b", " + value
+    head.host = host
 
-    if head.version == b"1.1":
-        if head.host_count == 0:
-            raise BadRequest("missing-host")
-        if head.host_count > 1:
-            raise BadRequest("duplicate-host")
+    if version == b"1.1":
+        if host_count != 1:
+            raise BadRequest("missing-host" if host_count == 0 else "duplicate-host")
 
     if cl_value is not None:
         if not cl_value.isdigit() or len(cl_value) > 18:
             raise BadRequest("bad-content-length")
         head.content_length = int(cl_value)
 
-    if te_values:
-        if head.version == b"1.0":
-            raise BadRequest("te-on-http10")
-        if cl_value is not None:
-            raise BadRequest("cl-and-te")
-        te = b",".join(te_values)
-        codings = [c.strip().lower() for c in te.split(b",")]
-        if codings != [b"chunked"]:
-            if any(not c for c in codings) or codings.count(b"chunked") > 1:
-                raise BadRequest("bad-transfer-encoding")
-            raise NotImplementedMethod("unsupported-transfer-encoding", te.decode("latin-1"))
-        head.chunked = True
-        head.transfer_encoding = te
+    if te_values is not None:
+        _check_transfer_encoding(head, te_values, cl_value is not None)
 
-    tokens = parse_connection_tokens(connection) if connection is not None else frozenset()
-    head.connection_tokens = tokens
-    if head.version == b"1.1":
-        head.keep_alive = b"close" not in tokens
+    if connection is not None:
+        tokens = parse_connection_tokens(connection)
+        head.connection_tokens = tokens
+        if version == b"1.1":
+            head.keep_alive = b"close" not in tokens
+        else:
+            head.keep_alive = b"keep-alive" in tokens
+        if upgrade is not None and b"upgrade" in tokens:
+            # h2c would switch the server leg to HTTP/2 behind our back; drop it (RFC 9113 §3.1).
+            if upgrade.strip().lower() != b"h2c":
+                head.upgrade = upgrade
+    elif version == b"1.0":
+        head.keep_alive = False
+
+    target = head.target
+    q = target.find(b"?")
+    if q < 0:
+        head.path = target
     else:
-        head.keep_alive = b"keep-alive" in tokens
-    if upgrade is not None and b"upgrade" in tokens:
-        # h2c would switch the server leg to HTTP/2 behind our back; drop it (RFC 9113 §3.1).
-        if upgrade.strip().lower() != b"h2c":
-            head.upgrade = upgrade
+        head.path = target[:q]
+        head.query = target[q + 1 :]
 
-    head.path, head.query = split_target(head.target)
+
+def _check_transfer_encoding(head: RequestHead, values: list[bytes], has_cl: bool) -> None:
+    if head.version == b"1.0":
+        raise BadRequest("te-on-http10")
+    if has_cl:
+        raise BadRequest("cl-and-te")
+    te = b",".join(values)
+    codings = [c.strip().lower() for c in te.split(b",")]
+    if codings != [b"chunked"]:
+        if any(not c for c in codings) or codings.count(b"chunked") > 1:
+            raise BadRequest("bad-transfer-encoding")
+        raise NotImplementedMethod("unsupported-transfer-encoding", te.decode("latin-1"))
+    head.chunked = True
+    head.transfer_encoding = te

@@ -201,7 +201,7 @@ class ClientConnection(asyncio.Protocol):
         if self._phase in (IDLE, WAIT):
             self.deadline.clear()
 
-    # httptools callbacks ---------------------------------------------------------------------------
+    # httptools callbacks -----------
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -271,7 +271,7 @@ class ClientConnection(asyncio.Protocol):
                 self.deadline.clear()
             ex.request_complete()
 
-    # called by the exchange -------------------------------------------------------------------
+    # called by the exchange -----------
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:
@@ -334,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
             self._peer_ip_obj = ipaddress.ip_address(self.peer_ip.decode())
         return self._peer_ip_obj
 
-    # internals ----------------------------------------------------------------------------------
+    # internals -----------
 
     def _last_exchange(self) -> Exchange | None:
         for item in reversed(self._queue):

@@ -133,7 +133,7 @@ class Exchange:
         self.tunnel_pending: list[bytes] | None = None
         self.done = False
 
-    # --- start -----------------------------------------------------------------------------------
+    # --- start -----------
 
     def start(self) -> None:
         """Route the request and send it on its way (called when it is the client's turn)."""
@@ -287,17 +287,30 @@ class Exchange:
         head = self.head
         chunked = False
         has_length = False
-        drop = wire.HOP_BY_HOP
+        extra_tokens: set[bytes] | None = None
+        # One pass: copy end-to-end headers, note the framing ones (RFC 9110 §7.6.1).
+        parts = [wire.status_line(status)]
+        hop = wire.HOP_BY_HOP
         for name, value in headers:
             lname = name.lower()
-            if lname == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
-            elif lname == b"content-length":
+            if lname in hop:
+                if lname == b"transfer-encoding":
+                    chunked = value.rstrip().lower().endswith(b"chunked")
+                elif lname == b"connection":
+                    extra = {t.strip().lower() for t in value.split(b",")} - _STANDARD_TOKENS
+                    if extra:
+                        extra_tokens = extra
+                continue
+            if lname == b"content-length":
                 has_length = True
-            elif lname == b"connection":
-                extra = {t.strip().lower() for t in value.split(b",")} - _STANDARD_TOKENS
-                if extra:
-                    drop = drop | extra
+            parts += (name, b": ", value, b"\r\n")
+        if extra_tokens is not None:
+            # Rare: the server named more hop-by-hop headers in Connection; drop those too.
+            parts = [wire.status_line(status)]
+            drop = hop | extra_tokens
+            for name, value in headers:
+                if name.lower() not in drop:
+                    parts += (name, b": ", value, b"\r\n")
         no_body = head.method == b"HEAD" or status in (204, 304) or status == 101
         extra_lines = b""
         client_11 = head.version == b"1.1"
@@ -318,7 +331,8 @@ class Exchange:
             extra_lines += b"Connection: close\r\n"
         elif not client_11:
             extra_lines += b"Connection: keep-alive\r\n"
-        self.resp_out.append(_head_bytes(status, headers, drop, extra_lines))
+        parts += (extra_lines, b"\r\n")
+        self.resp_out.append(b"".join(parts))
         if no_body and status != 101:
             if head.method == b"HEAD" and self.upstream is not None:
                 # llhttp does not know the request was HEAD and would wait for a body.
@@ -355,7 +369,7 @@ class Exchange:
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
-    # --- upgrade tunnel ---------------------------------------------------------------------------
+    # --- upgrade tunnel -----------
 
     def upgrade_accepted(self) -> bool:
         if self.status != 101 or self.head.upgrade is None:
@@ -381,7 +395,7 @@ class Exchange:
             self.req_body_bytes += len(data)
             self.upstream.write(data)
 
-    # --- failures ----------------------------------------------------------------------------------
+    # --- failures -----------
 
     def upstream_closed(self, conn: UpstreamConnection) -> None:
         """The server connection closed while this exchange owned it."""
@@ -474,7 +488,7 @@ class Exchange:
             conn.abort()
         self._account()
 
-    # --- local answers and the end --------------------------------------------------------------
+    # --- local answers and the end -----------
 
     def reply_local(self, status: int, data: bytes) -> None:
         """Answer from lbd itself (deny, redirect, errors). Always closes the client connection
@@ -546,7 +560,10 @@ class Exchange:
 
 
 def _head_bytes(
-    status: int, headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes], extra: bytes
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    drop: frozenset[bytes] | set[bytes],
+    extra: bytes,
 ) -> bytes:
     parts = [wire.status_line(status)]
     for name, value in headers:

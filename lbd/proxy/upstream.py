@@ -104,7 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.client.resume_reading_for_upstream()
 
-    # httptools callbacks -----------------------------------------------------------------------
+    # httptools callbacks -----------
 
     def on_message_begin(self) -> None:
         self._headers = []
