@@ -260,7 +260,7 @@ class Backend:
     redispatch: bool = True
     retry_on: tuple[str, ...] = ("conn-failure",)
     allbackups: bool = False
-    pool_max_idle: int = 64  # idle keep-alive connections kept per server
+    pool_max_idle: int = 1024  # idle keep-alive connections kept per server (HAProxy: unlimited)
     pool_idle_timeout: float = 30.0
 
 

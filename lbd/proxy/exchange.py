@@ -323,6 +323,9 @@ class Exchange:
                 extra_lines = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.client_close = True
+        if head.upgrade is not None and status != 101:
+            # The parser stopped at the upgrade request; only a fresh connection is in sync.
+            self.client_close = True
         if status == 101:
             extra_lines += b"Connection: Upgrade\r\nUpgrade: " + (head.upgrade or b"") + b"\r\n"
         elif self.client_close or not self.req_done:
