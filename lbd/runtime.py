@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lbd.balancing.base import Balancer
 from lbd.balancing.registry import implemented, make_balancer
-from lbd.config.schema import Backend, Config, Frontend, Limits
+from lbd.config.schema import Backend, Config, Frontend, Limits, Rule
 from lbd.proxy.connpool import ConnPool
 from lbd.routing.router import Router
 from lbd.state import ServerState
@@ -135,8 +135,9 @@ def build_runtime(
                 state = ServerState(b.name, s, pool)
             else:
                 # Same identity and address: keep health, admin state, counters and pool.
+                if state.config.weight != s.weight:
+                    state.weight = s.weight  # the file changed it; else keep `set server weight`
                 state.config = s
-                state.weight = s.weight
                 state.pool.max_idle = b.pool_max_idle
                 state.pool.idle_timeout = b.pool_idle_timeout
             servers[(b.name, s.name)] = state
@@ -163,3 +164,46 @@ def build_runtime(
 
     generation = previous.generation + 1 if previous is not None else 1
     return Runtime(cfg, frontends, backends, generation, servers)
+
+
+def describe_changes(old: Config, new: Config) -> list[str]:
+    """Human-readable differences between two configurations, for `lbd reload`.
+
+    Compares configurations, not runtime states: states are shared across a reload on purpose.
+    """
+    changes: list[str] = []
+    old_be = {b.name: b for b in old.backends}
+    new_be = {b.name: b for b in new.backends}
+    changes += [f"backend added: {n}" for n in sorted(new_be.keys() - old_be.keys())]
+    changes += [f"backend removed: {n}" for n in sorted(old_be.keys() - new_be.keys())]
+    old_srv = {(b.name, s.name): s for b in old.backends for s in b.servers}
+    new_srv = {(b.name, s.name): s for b in new.backends for s in b.servers}
+    changes += [f"server added: {b}/{s}" for b, s in sorted(new_srv.keys() - old_srv.keys())]
+    changes += [f"server removed: {b}/{s}" for b, s in sorted(old_srv.keys() - new_srv.keys())]
+    for b, s in sorted(new_srv.keys() & old_srv.keys()):
+        o, n = old_srv[(b, s)], new_srv[(b, s)]
+        if o.weight != n.weight:
+            changes.append(f"weight {b}/{s}: {o.weight} -> {n.weight}")
+        if o.address != n.address:
+            changes.append(f"address {b}/{s}: {o.address} -> {n.address}")
+    for name in sorted(new_be.keys() & old_be.keys()):
+        if old_be[name].balance != new_be[name].balance:
+            changes.append(f"balance {name}: {new_be[name].balance.algorithm}")
+    old_fe = {f.name: f for f in old.frontends}
+    new_fe = {f.name: f for f in new.frontends}
+    changes += [f"frontend added: {n}" for n in sorted(new_fe.keys() - old_fe.keys())]
+    changes += [f"frontend removed: {n}" for n in sorted(old_fe.keys() - new_fe.keys())]
+    for name in sorted(new_fe.keys() & old_fe.keys()):
+        of, nf = old_fe[name], new_fe[name]
+        if _without_lines(of.rules) != _without_lines(nf.rules):
+            changes.append(f"rules changed: frontend {name} ({len(nf.rules)} rules)")
+        if of.modules != nf.modules:
+            changes.append(f"modules changed: frontend {name}")
+        if of.default_backend != nf.default_backend:
+            changes.append(f"default_backend {name}: {of.default_backend} -> {nf.default_backend}")
+    return changes
+
+
+def _without_lines(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """Rules compared by meaning: moving a rule down the file is not a change."""
+    return tuple(replace(r, line=0) for r in rules)

@@ -9,27 +9,29 @@ from __future__ import annotations
 import socket
 import sys
 
-from lbd.errors import ConfigErrors
+import yaml
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _socket_path(config_path: str) -> str | None:
-    from lbd.config.load import load_config
-
+    """`global.admin_socket` of the file. Read leniently: `lbd reload` must still reach the
+    daemon when the edited file is invalid, so the daemon can report (and refuse) it."""
     try:
-        cfg = load_config(config_path)
-    except ConfigErrors as errors:
-        for err in errors.errors:
-            print(err, file=sys.stderr)
-        return None
+        with open(config_path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
     except OSError as exc:
         print(f"{config_path}: cannot read: {exc.strerror}", file=sys.stderr)
         return None
-    if cfg.global_.admin_socket is None:
+    except yaml.YAMLError:
+        doc = None
+    path = None
+    if isinstance(doc, dict) and isinstance(doc.get("global"), dict):
+        path = doc["global"].get("admin_socket")
+    if not isinstance(path, str) or not path:
         print(f"{config_path}: global.admin_socket is not set", file=sys.stderr)
         return None
-    return cfg.global_.admin_socket
+    return path
 
 
 def send_command(path: str, command: str, timeout: float = 30.0) -> str:

@@ -1,9 +1,11 @@
 """One serving process: binds the listeners, runs the proxy, reloads and stops gracefully.
 
-Rules (after gunicorn's arbiter): signal handlers only set events; the main coroutine acts.
-Reload validates the new file first and keeps the old runtime on any error. A graceful stop
-closes the listeners, closes idle keep-alive connections, lets in-flight requests finish for up
-to `timeouts.shutdown`, then returns.
+Rules (after gunicorn's arbiter): signal handlers only set flags or schedule a coroutine; the
+main coroutine acts. Reload reads and validates the new file off the event loop first and keeps
+the old runtime on any error; listeners whose address stays keep their socket (no connection is
+ever refused during a reload), new ones are bound, removed ones closed. A graceful stop closes
+the listeners, closes idle keep-alive connections, lets in-flight requests finish for up to
+`timeouts.shutdown`, then returns.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import gc
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from lbd.config.schema import Address, Config
+from lbd.errors import ConfigErrors
 from lbd.logs.access import AccessLog
 from lbd.proxy.client import ClientConnection
-from lbd.runtime import Runtime, RuntimeHolder, build_runtime
+from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
 
 log = logging.getLogger("lbd")
 
@@ -44,20 +47,36 @@ def bind_socket(address: Address, backlog: int = 4096) -> socket.socket:
     return sock
 
 
-@dataclass
+class Listener:
+    """One bound address. The frontend it serves may change on reload; the socket stays."""
+
+    __slots__ = ("address", "frontend_name", "server")
+
+    def __init__(self, address: Address, frontend_name: str) -> None:
+        self.address = address
+        self.frontend_name = frontend_name
+        self.server: asyncio.AbstractServer | None = None
+
+
 class Worker:
-    config: Config
-    holder: RuntimeHolder | None = None
-    servers: list[asyncio.AbstractServer] = field(default_factory=list)
-    connections: set[ClientConnection] = field(default_factory=set)
-    access_log: AccessLog | None = None
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    reload_event: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.holder: RuntimeHolder | None = None
+        self.listeners: dict[Address, Listener] = {}
+        self.connections: set[ClientConnection] = set()
+        self.access_log: AccessLog | None = None
+        self.stop_event = asyncio.Event()
+        self.started_at = time.time()
+        self._reload_lock = asyncio.Lock()
+        self._admin: object | None = None
+        self._stats: object | None = None
 
     @property
     def runtime(self) -> Runtime:
         assert self.holder is not None
         return self.holder.runtime
+
+    # --- start ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -65,54 +84,173 @@ class Worker:
         self.holder = RuntimeHolder(build_runtime(cfg, None, loop))
         if cfg.global_.log.access != "off":
             self.access_log = AccessLog(cfg.global_.log.access, cfg.global_.log.format)
-        sockets: list[tuple[str, socket.socket]] = []
-        try:
-            for fe in cfg.frontends:
-                for addr in fe.bind:
-                    sockets.append((fe.name, bind_socket(addr)))
-        except StartError:
-            for _, s in sockets:
-                s.close()
-            raise
-        for fe_name, sock in sockets:
-            server = await loop.create_server(self._factory(fe_name), sock=sock)
-            self.servers.append(server)
-            log.info("frontend %s listening on %s", fe_name, _sockname(sock))
+        await self._open_listeners(cfg)
+        await self._start_side_servers(cfg)
         # Everything allocated so far lives as long as the process: keep the cyclic GC from
         # rescanning it on every young-generation collection.
         gc.collect()
         gc.freeze()
 
-    def _factory(self, frontend_name: str) -> Callable[[], ClientConnection]:
+    async def _open_listeners(self, cfg: Config) -> list[str]:
+        """Bind addresses that are new in `cfg`; all or nothing (StartError)."""
+        wanted = {addr: fe.name for fe in cfg.frontends for addr in fe.bind}
+        fresh: list[tuple[Listener, socket.socket]] = []
+        try:
+            for addr, fe_name in wanted.items():
+                if addr not in self.listeners:
+                    fresh.append((Listener(addr, fe_name), bind_socket(addr)))
+        except StartError:
+            for _, sock in fresh:
+                sock.close()
+            raise
+        loop = asyncio.get_running_loop()
+        for listener, sock in fresh:
+            listener.server = await loop.create_server(self._factory(listener), sock=sock)
+            self.listeners[listener.address] = listener
+            log.info("frontend %s listening on %s", listener.frontend_name, listener.address)
+        for addr, fe_name in wanted.items():
+            self.listeners[addr].frontend_name = fe_name
+        return [f"listener added: {listener.address}" for listener, _ in fresh]
+
+    async def _start_side_servers(self, cfg: Config) -> None:
+        admin_path = cfg.global_.admin_socket
+        if admin_path is not None:
+            from lbd.admin.server import AdminServer
+
+            admin = AdminServer(self, admin_path)
+            try:
+                await admin.start()
+            except OSError as exc:
+                raise StartError(f"cannot open admin socket {admin_path}: {exc.strerror}") from exc
+            self._admin = admin
+        await self._start_stats(cfg)
+
+    async def _start_stats(self, cfg: Config) -> None:
+        stats = cfg.global_.stats
+        if stats is None:
+            return
+        try:
+            from lbd.stats.server import StatsServer
+        except ImportError:
+            log.warning("stats listener not available in this build")
+            return
+        assert self.holder is not None
+        server = StatsServer()
+        try:
+            await server.start(self.holder, stats.bind)
+        except OSError as exc:
+            raise StartError(f"cannot bind stats {stats.bind}: {exc.strerror}") from exc
+        self._stats = server
+
+    def _factory(self, listener: Listener) -> Callable[[], ClientConnection]:
         holder = self.holder
         assert holder is not None
         connections = self.connections
-        access_log = self.access_log
+        worker = self
 
         def make() -> ClientConnection:
-            conn = _TrackedClient(holder, frontend_name, b"http", access_log)
+            conn = _TrackedClient(holder, listener.frontend_name, b"http", worker.access_log)
             conn.registry = connections
             return conn
 
         return make
 
+    # --- run, reload, stop ------------------------------------------------------------------
+
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
         await self.stop_event.wait()
         await self.graceful_stop()
 
+    def _reload_from_signal(self) -> None:
+        async def run() -> None:
+            ok, report = await self.reload()
+            if ok:
+                log.info("reload (SIGHUP): %s", report.replace("\n", "; "))
+
+        asyncio.get_running_loop().create_task(run())
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the configuration file. (False, errors) leaves everything as it was."""
+        from lbd.config.load import load_config
+
+        async with self._reload_lock:
+            path = self.config.path
+            loop = asyncio.get_running_loop()
+            try:
+                # File I/O and YAML parsing off the loop: requests keep flowing meanwhile.
+                new_cfg = await loop.run_in_executor(None, load_config, path)
+            except ConfigErrors as errors:
+                for err in errors.errors:
+                    log.error("reload rejected: %s", err)
+                return False, "\n".join(str(e) for e in errors.errors)
+            try:
+                added = await self._open_listeners(new_cfg)
+            except StartError as exc:
+                log.error("reload rejected: %s", exc)
+                return False, str(exc)
+            old = self.runtime
+            new = build_runtime(new_cfg, old, loop)
+            assert self.holder is not None
+            self.holder.runtime = new  # the swap: one assignment
+            self.config = new_cfg
+            removed = self._close_removed_listeners(new_cfg)
+            for identity, state in old.servers.items():
+                if identity not in new.servers or new.servers[identity] is not state:
+                    state.pool.close_idle()
+            changes = [*added, *removed, *describe_changes(old.config, new_cfg)]
+            log.info("configuration reloaded (generation %d)", new.generation)
+            return True, "\n".join(changes) if changes else "no change"
+
+    def _close_removed_listeners(self, cfg: Config) -> list[str]:
+        wanted = {addr for fe in cfg.frontends for addr in fe.bind}
+        removed = []
+        for addr in list(self.listeners):
+            if addr not in wanted:
+                listener = self.listeners.pop(addr)
+                if listener.server is not None:
+                    listener.server.close()  # stops accepting; open connections finish
+                removed.append(f"listener removed: {addr}")
+        return removed
+
+    def clear_counters(self) -> None:
+        """Zero every counter in place (exporters keep their references to the objects)."""
+        from lbd.stats.counters import (
+            BackendCounters,
+            FrontendCounters,
+            ServerCounters,
+            TrafficCounters,
+        )
+
+        rt = self.runtime
+        for fe in rt.frontends.values():
+            open_connections = fe.counters.conn_cur
+            FrontendCounters.__init__(fe.counters)
+            fe.counters.conn_cur = open_connections
+            for mc in fe.module_counters.values():
+                TrafficCounters.__init__(mc)
+        for be in rt.backends.values():
+            BackendCounters.__init__(be.counters)
+        for s in rt.servers.values():
+            in_flight = s.counters.cur_requests
+            ServerCounters.__init__(s.counters)
+            s.counters.cur_requests = in_flight
+
     async def graceful_stop(self) -> None:
         log.info("stopping: closing listeners, finishing in-flight requests")
-        for server in self.servers:
-            server.close()
+        for listener in self.listeners.values():
+            if listener.server is not None:
+                listener.server.close()
+        loop = asyncio.get_running_loop()
         grace = max((f.timeouts.shutdown for f in self.config.frontends), default=30.0)
-        deadline = asyncio.get_running_loop().time() + grace
+        deadline = loop.time() + grace
         while self.connections:
             for conn in list(self.connections):
                 conn.close_if_idle()
-            if asyncio.get_running_loop().time() >= deadline:
+            if loop.time() >= deadline:
                 log.warning("shutdown timeout: closing %d connections", len(self.connections))
                 for conn in list(self.connections):
                     if conn.transport is not None:
@@ -121,6 +259,10 @@ class Worker:
             await asyncio.sleep(0.05)
         for state in self.runtime.servers.values():
             state.pool.close_idle()
+        for side in (self._admin, self._stats):
+            stop = getattr(side, "stop", None)
+            if stop is not None:
+                await stop()
         if self.access_log is not None:
             self.access_log.close()
 
@@ -139,8 +281,3 @@ class _TrackedClient(ClientConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.registry.discard(self)
         super().connection_lost(exc)
-
-
-def _sockname(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"

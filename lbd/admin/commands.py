@@ -1,0 +1,194 @@
+"""One function per admin command. Each takes the worker and its arguments and returns text.
+
+Rules: a bad argument raises CommandError with a one-line message (never a stack trace);
+commands change live state only through the same objects the proxy reads (ServerState), so an
+admin change and a reload cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from lbd import __version__
+from lbd.state import ADMIN_STATES, ServerState
+from lbd.stats.counters import CLASS_LABELS
+
+if TYPE_CHECKING:
+    from lbd.process.worker import Worker
+
+
+class CommandError(Exception):
+    pass
+
+
+Command = Callable[["Worker", list[str]], Awaitable[str]]
+
+
+def _server(worker: Worker, ref: str) -> ServerState:
+    backend, sep, name = ref.partition("/")
+    if not sep or not backend or not name:
+        raise CommandError(f"expected BACKEND/SERVER, got {ref!r}")
+    be = worker.runtime.backends.get(backend)
+    if be is None:
+        raise CommandError(f"no such backend: {backend}")
+    server = be.server(name)
+    if server is None:
+        raise CommandError(f"no such server: {backend}/{name}")
+    return server
+
+
+async def cmd_help(worker: Worker, args: list[str]) -> str:
+    return "\n".join(f"{name}  {doc}" for name, (_, doc) in COMMANDS.items())
+
+
+async def cmd_show_info(worker: Worker, args: list[str]) -> str:
+    rt = worker.runtime
+    conns = sum(f.counters.conn_cur for f in rt.frontends.values())
+    reqs = sum(f.counters.requests for f in rt.frontends.values())
+    lines = {
+        "Name": "lbd",
+        "Version": __version__,
+        "Pid": os.getpid(),
+        "Uptime_sec": int(time.time() - worker.started_at),
+        "Config": rt.config.path,
+        "Generation": rt.generation,
+        "CurrConns": conns,
+        "CumReq": reqs,
+        "Frontends": len(rt.frontends),
+        "Backends": len(rt.backends),
+        "Servers": len(rt.servers),
+    }
+    return "\n".join(f"{k}: {v}" for k, v in lines.items())
+
+
+async def cmd_show_servers(worker: Worker, args: list[str]) -> str:
+    rows = ["# backend/server address status admin weight inflight requests"]
+    for be in worker.runtime.backends.values():
+        for s in be.servers:
+            rows.append(
+                f"{be.name}/{s.name} {s.config.address} {s.status()} {s.admin} {s.weight} "
+                f"{s.inflight} {s.counters.requests}"
+            )
+    return "\n".join(rows)
+
+
+async def cmd_show_stat(worker: Worker, args: list[str]) -> str:
+    if args and args[0] == "json":
+        from lbd.stats.snapshot import snapshot
+
+        return json.dumps(snapshot(worker.runtime, worker.started_at))
+    if args:
+        raise CommandError("usage: show stat [json]")
+    rows = ["# pxname,svname,scur,smax,stot,bin,bout,econ,eresp,wretr,wredis,status,weight,"
+            + ",".join(f"hrsp_{c}" for c in CLASS_LABELS[1:]) + ",hrsp_other"]
+    rt = worker.runtime
+    for fe in rt.frontends.values():
+        c = fe.counters
+        rows.append(
+            f"{fe.name},FRONTEND,{c.conn_cur},,{c.requests},{c.bytes_in},{c.bytes_out},,,,,OPEN,,"
+            + ",".join(str(n) for n in c.responses[1:]) + f",{c.responses[0]}"
+        )
+    for be in rt.backends.values():
+        for s in be.servers:
+            sc = s.counters
+            rows.append(
+                f"{be.name},{s.name},{sc.cur_requests},{sc.max_requests},{sc.requests},"
+                f"{sc.bytes_in},{sc.bytes_out},{sc.conn_errors},{sc.response_errors},"
+                f"{sc.retries},{sc.redispatches},{s.status()},{s.weight},"
+                + ",".join(str(n) for n in sc.responses[1:]) + f",{sc.responses[0]}"
+            )
+        bc = be.counters
+        rows.append(
+            f"{be.name},BACKEND,{bc.cur_requests},{bc.max_requests},{bc.requests},{bc.bytes_in},"
+            f"{bc.bytes_out},{bc.conn_errors},{bc.response_errors},{bc.retries},"
+            f"{bc.redispatches},UP,{sum(s.weight for s in be.servers)},"
+            + ",".join(str(n) for n in bc.responses[1:]) + f",{bc.responses[0]}"
+        )
+    return "\n".join(rows)
+
+
+async def cmd_show_modules(worker: Worker, args: list[str]) -> str:
+    rows = ["# frontend module requests 2xx 4xx 5xx p50_ms p95_ms p99_ms"]
+    for fe in worker.runtime.frontends.values():
+        for name, mc in fe.module_counters.items():
+            h = mc.response_time
+            rows.append(
+                f"{fe.name} {name} {mc.requests} {mc.responses[2]} {mc.responses[4]} "
+                f"{mc.responses[5]} {h.quantile(0.5) * 1000:g} {h.quantile(0.95) * 1000:g} "
+                f"{h.quantile(0.99) * 1000:g}"
+            )
+    return "\n".join(rows)
+
+
+async def cmd_show_errors(worker: Worker, args: list[str]) -> str:
+    rows = ["# frontend reason count"]
+    for fe in worker.runtime.frontends.values():
+        for reason, count in sorted(fe.counters.malformed.items()):
+            rows.append(f"{fe.name} {reason} {count}")
+    return "\n".join(rows)
+
+
+async def cmd_set_server(worker: Worker, args: list[str]) -> str:
+    if len(args) != 3 or args[1] not in ("state", "weight"):
+        raise CommandError("usage: set server BACKEND/SERVER state ready|drain|maint | weight N")
+    server = _server(worker, args[0])
+    backend = worker.runtime.backends[server.backend_name]
+    if args[1] == "state":
+        if args[2] not in ADMIN_STATES:
+            raise CommandError(f"state must be one of {', '.join(ADMIN_STATES)}, got {args[2]!r}")
+        old = server.admin
+        server.admin = args[2]
+        backend.balancer.servers_changed()
+        return f"{args[0]} state {old} -> {server.admin}"
+    try:
+        weight = int(args[2])
+    except ValueError:
+        raise CommandError(f"weight must be an integer 0..256, got {args[2]!r}") from None
+    if not 0 <= weight <= 256:
+        raise CommandError(f"weight must be an integer 0..256, got {weight}")
+    old_weight = server.weight
+    server.weight = weight
+    backend.balancer.servers_changed()
+    return f"{args[0]} weight {old_weight} -> {weight}"
+
+
+async def cmd_clear_counters(worker: Worker, args: list[str]) -> str:
+    worker.clear_counters()
+    return "counters cleared"
+
+
+async def cmd_reload(worker: Worker, args: list[str]) -> str:
+    ok, report = await worker.reload()
+    if not ok:
+        return "rejected: the old configuration keeps running\n" + report
+    return report
+
+
+# name → (function, one-line help). Longest names first so "show stat json" finds "show stat".
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "help": (cmd_help, "this list"),
+    "show info": (cmd_show_info, "process and configuration summary"),
+    "show stat": (cmd_show_stat, "[json] counters per frontend, server and backend"),
+    "show servers": (cmd_show_servers, "servers with address, status, admin state, weight"),
+    "show modules": (cmd_show_modules, "requests and latency per application module"),
+    "show errors": (cmd_show_errors, "refused requests per frontend and reason"),
+    "set server": (cmd_set_server, "B/S state ready|drain|maint, or B/S weight N"),
+    "clear counters": (cmd_clear_counters, "reset every counter to zero"),
+    "reload": (cmd_reload, "re-read the configuration file; the old one stays on error"),
+}
+
+
+async def dispatch(worker: Worker, words: list[str]) -> str:
+    for size in (2, 1):
+        name = " ".join(words[:size])
+        if len(words) >= size and name in COMMANDS:
+            func, _ = COMMANDS[name]
+            try:
+                return await func(worker, words[size:])
+            except CommandError as exc:
+                return f"error: {exc}"
+    return f"error: unknown command {' '.join(words)!r}; try 'help'"

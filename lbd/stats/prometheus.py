@@ -1,0 +1,367 @@
+"""Prometheus exposition: one custom collector that reads the plain counters at scrape time.
+
+Rules (after prometheus-client's custom-collector pattern): the hot path only does `x += 1` on
+plain integers (counters.py); `LbdCollector.collect()` reads `holder.runtime` once per scrape and
+builds fresh metric families from it, so a reload is picked up by the next scrape and nothing
+here takes a lock. The registry is private to the stats server: the global REGISTRY would mix
+in whatever else the process imports and survive across tests.
+
+Names follow HAProxy's exporter (`haproxy_server_http_responses_total{proxy,server,code}` →
+`lbd_server_http_responses_total{backend,server,code}`) and Prometheus conventions: counters end
+in `_total`, units are in the name (`_bytes_`, `_seconds`), `code` is the response class
+(`1xx`…`5xx`, `other`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from lbd import __version__
+from lbd.runtime import Runtime, RuntimeHolder
+from lbd.state import ServerState
+from lbd.stats.counters import (
+    CLASS_LABELS,
+    LATENCY_BUCKETS,
+    BackendCounters,
+    Histogram,
+    TrafficCounters,
+)
+
+SERVER_STATES = ("UP", "DOWN", "DRAIN", "MAINT")
+ADMIN_STATES = ("ready", "drain", "maint")
+
+# The `le` label of every bucket, formatted once ("0.001" … "30.0", as prometheus-client's own
+# histograms print these bounds).
+_BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")
+
+# One labelled object: its label values and its counters.
+Row = tuple[Sequence[str], TrafficCounters]
+ErrorRow = tuple[Sequence[str], BackendCounters]
+
+
+class LbdCollector(Collector):
+    """Builds every `lbd_*` family from the runtime the holder points at when scraped."""
+
+    def __init__(self, holder: RuntimeHolder, started_at: float) -> None:
+        self._holder = holder
+        self._started_at = started_at
+
+    def describe(self) -> Iterable[Metric]:
+        # Families depend on the configuration at scrape time: nothing to pre-declare.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self._holder.runtime  # once: a reload mid-scrape must not mix two configs
+        yield from _process(runtime, self._started_at)
+        yield from _frontends(runtime)
+        yield from _modules(runtime)
+        yield from _backends(runtime)
+        yield from _servers(runtime)
+
+
+def make_registry(holder: RuntimeHolder, started_at: float) -> CollectorRegistry:
+    """A private registry holding only the lbd collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LbdCollector(holder, started_at))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition; serve it with `prometheus_client.CONTENT_TYPE_LATEST`."""
+    return generate_latest(registry)
+
+
+# --- family helpers -------------------------------------------------------------------------------
+
+
+def counter(
+    name: str, doc: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+def gauge(
+    name: str, doc: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+def histogram(
+    name: str, doc: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], Histogram]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, h in rows:
+        family.add_metric(values, cumulative_buckets(h), h.sum)
+    return family
+
+
+def cumulative_buckets(h: Histogram) -> list[tuple[str, float]]:
+    """Histogram.counts holds per-bucket counts; Prometheus wants running totals (le)."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for le, n in zip(_BUCKET_LABELS, h.counts, strict=True):
+        running += n
+        buckets.append((le, running))
+    return buckets
+
+
+def _by_code(rows: Iterable[Row]) -> Iterator[tuple[Sequence[str], float]]:
+    for values, c in rows:
+        for label, n in zip(CLASS_LABELS, c.responses, strict=True):
+            yield (*values, label), n
+
+
+def _traffic(
+    prefix: str, what: str, labels: Sequence[str], rows: Sequence[Row]
+) -> Iterator[Metric]:
+    """The families every frontend, module, backend and server has."""
+    yield counter(
+        f"{prefix}_http_requests_total",
+        f"HTTP requests received by the {what}.",
+        labels,
+        ((v, c.requests) for v, c in rows),
+    )
+    yield counter(
+        f"{prefix}_http_responses_total",
+        f"HTTP responses sent by the {what}, by status class.",
+        (*labels, "code"),
+        _by_code(rows),
+    )
+    yield counter(
+        f"{prefix}_bytes_in_total",
+        f"Request body bytes received by the {what}.",
+        labels,
+        ((v, c.bytes_in) for v, c in rows),
+    )
+    yield counter(
+        f"{prefix}_bytes_out_total",
+        f"Response bytes sent by the {what}.",
+        labels,
+        ((v, c.bytes_out) for v, c in rows),
+    )
+    yield histogram(
+        f"{prefix}_response_time_seconds",
+        f"Time from request headers to the end of the response, by {what}.",
+        labels,
+        ((v, c.response_time) for v, c in rows),
+    )
+
+
+def _concurrency(
+    prefix: str, what: str, labels: Sequence[str], rows: Sequence[Row]
+) -> Iterator[Metric]:
+    yield gauge(
+        f"{prefix}_current_requests",
+        f"Requests in progress on the {what}.",
+        labels,
+        ((v, c.cur_requests) for v, c in rows),
+    )
+    yield gauge(
+        f"{prefix}_max_requests",
+        f"Highest number of requests in progress at once on the {what}.",
+        labels,
+        ((v, c.max_requests) for v, c in rows),
+    )
+
+
+# --- families by object ---------------------------------------------------------------------------
+
+
+def _process(runtime: Runtime, started_at: float) -> Iterator[Metric]:
+    yield gauge(
+        "lbd_build_info", "lbd build; the value is always 1.", ["version"], [([__version__], 1)]
+    )
+    yield gauge(
+        "lbd_process_start_time_seconds",
+        "Start time of the process since the Unix epoch.",
+        [],
+        [([], started_at)],
+    )
+    yield gauge(
+        "lbd_config_generation",
+        "Configuration generation: 1 at start, +1 per reload.",
+        [],
+        [([], runtime.generation)],
+    )
+
+
+def _frontends(runtime: Runtime) -> Iterator[Metric]:
+    labels = ["frontend"]
+    fes = list(runtime.frontends.values())
+    rows: list[Row] = [([fe.name], fe.counters) for fe in fes]
+    yield from _traffic("lbd_frontend", "frontend", labels, rows)
+    yield from _concurrency("lbd_frontend", "frontend", labels, rows)
+    yield gauge(
+        "lbd_frontend_current_connections",
+        "Client connections open now.",
+        labels,
+        (([fe.name], fe.counters.conn_cur) for fe in fes),
+    )
+    yield counter(
+        "lbd_frontend_connections_total",
+        "Client connections accepted.",
+        labels,
+        (([fe.name], fe.counters.conn_total) for fe in fes),
+    )
+    yield counter(
+        "lbd_frontend_requests_denied_total",
+        "Requests denied by a rule.",
+        labels,
+        (([fe.name], fe.counters.denied) for fe in fes),
+    )
+    yield counter(
+        "lbd_frontend_malformed_requests_total",
+        "Requests refused before routing (bad syntax, limits, smuggling risks), by reason.",
+        ["frontend", "reason"],
+        (
+            ([fe.name, reason], n)
+            for fe in fes
+            for reason, n in sorted(fe.counters.malformed.items())
+        ),
+    )
+
+
+def _modules(runtime: Runtime) -> Iterator[Metric]:
+    rows: list[Row] = [
+        ([fe.name, name], c)
+        for fe in runtime.frontends.values()
+        for name, c in fe.module_counters.items()
+    ]
+    yield from _traffic("lbd_module", "application module", ["frontend", "module"], rows)
+
+
+def _backends(runtime: Runtime) -> Iterator[Metric]:
+    labels = ["backend"]
+    bes = list(runtime.backends.values())
+    rows: list[Row] = [([be.name], be.counters) for be in bes]
+    yield from _traffic("lbd_backend", "backend", labels, rows)
+    yield from _concurrency("lbd_backend", "backend", labels, rows)
+    yield from _errors("lbd_backend", "backend", labels, [([be.name], be.counters) for be in bes])
+    yield counter(
+        "lbd_backend_no_server_total",
+        "Requests answered 503: no usable server.",
+        labels,
+        (([be.name], be.counters.no_server) for be in bes),
+    )
+    usable = [(be, [s for s in be.servers if s.usable()]) for be in bes]
+    yield gauge(
+        "lbd_backend_active_servers",
+        "Usable (non-backup) servers.",
+        labels,
+        (([be.name], sum(not s.config.backup for s in ok)) for be, ok in usable),
+    )
+    yield gauge(
+        "lbd_backend_backup_servers",
+        "Usable backup servers.",
+        labels,
+        (([be.name], sum(s.config.backup for s in ok)) for be, ok in usable),
+    )
+    weights = (([be.name], sum(s.weight for s in ok if not s.config.backup)) for be, ok in usable)
+    yield gauge("lbd_backend_weight", "Sum of the usable active servers' weights.", labels, weights)
+
+
+# Errors and retries, counted alike on backends and servers (BackendCounters fields).
+_ERROR_FAMILIES: tuple[tuple[str, str, Callable[[BackendCounters], int]], ...] = (
+    ("connection_errors_total", "Failed connection attempts to the {}.", lambda c: c.conn_errors),
+    (
+        "response_errors_total",
+        "Responses from the {} cut short or invalid.",
+        lambda c: c.response_errors,
+    ),
+    ("retry_warnings_total", "Connection retries on the {}.", lambda c: c.retries),
+    (
+        "redispatch_warnings_total",
+        "Retries moved to another server, on the {}.",
+        lambda c: c.redispatches,
+    ),
+)
+
+
+def _errors(
+    prefix: str, what: str, labels: Sequence[str], rows: Sequence[ErrorRow]
+) -> Iterator[Metric]:
+    for suffix, doc, read in _ERROR_FAMILIES:
+        values = ((v, read(c)) for v, c in rows)
+        yield counter(f"{prefix}_{suffix}", doc.format(what), labels, values)
+
+
+def _servers(runtime: Runtime) -> Iterator[Metric]:
+    labels = ["backend", "server"]
+    servers = [s for be in runtime.backends.values() for s in be.servers]
+    rows: list[Row] = [([s.backend_name, s.name], s.counters) for s in servers]
+    yield from _traffic("lbd_server", "server", labels, rows)
+    yield from _concurrency("lbd_server", "server", labels, rows)
+    yield from _errors(
+        "lbd_server", "server", labels, [([s.backend_name, s.name], s.counters) for s in servers]
+    )
+    yield from _server_state(labels, servers)
+    yield counter(
+        "lbd_server_connections_total",
+        "New TCP connections opened to the server.",
+        labels,
+        (([s.backend_name, s.name], s.counters.connections) for s in servers),
+    )
+    yield gauge(
+        "lbd_server_idle_connections",
+        "Idle keep-alive connections pooled for reuse.",
+        labels,
+        (([s.backend_name, s.name], s.pool.idle_count) for s in servers),
+    )
+    yield histogram(
+        "lbd_server_connect_time_seconds",
+        "Time to open a TCP connection.",
+        labels,
+        (([s.backend_name, s.name], s.counters.connect_time) for s in servers),
+    )
+
+
+def _server_state(labels: Sequence[str], servers: Sequence[ServerState]) -> Iterator[Metric]:
+    yield gauge(
+        "lbd_server_status",
+        "Server status (1 for the current one): UP, DOWN, DRAIN or MAINT.",
+        (*labels, "state"),
+        _one_hot(servers, SERVER_STATES, ServerState.status),
+    )
+    yield gauge(
+        "lbd_server_admin_state",
+        "Operator state (1 for the current one): ready, drain or maint.",
+        (*labels, "state"),
+        _one_hot(servers, ADMIN_STATES, lambda s: s.admin),
+    )
+    yield gauge(
+        "lbd_server_check_up",
+        "1 when health checks see the server up, else 0.",
+        labels,
+        (([s.backend_name, s.name], int(s.up)) for s in servers),
+    )
+    yield gauge(
+        "lbd_server_weight",
+        "Effective weight of the server.",
+        labels,
+        (([s.backend_name, s.name], s.weight) for s in servers),
+    )
+
+
+def _one_hot(
+    servers: Sequence[ServerState], states: Sequence[str], current: Callable[[ServerState], str]
+) -> Iterator[tuple[Sequence[str], float]]:
+    """One series per state so dashboards can sum by state; 1 marks the current one."""
+    for s in servers:
+        now = current(s)
+        for state in states:
+            yield (s.backend_name, s.name, state), int(state == now)
