@@ -55,9 +55,11 @@ class Daemon:
             )
         for _ in range(200):
             assert self.proc.poll() is None, self.err.read_text()
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.5),
+            ):
+                return
             await asyncio.sleep(0.05)
         raise AssertionError(f"lbd did not start:\n{self.err.read_text()}")
 

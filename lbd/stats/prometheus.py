@@ -35,6 +35,7 @@ from lbd.stats.counters import (
     Histogram,
     TrafficCounters,
 )
+from lbd.stats.snapshot import CODE_ORDER
 
 SERVER_STATES = ("UP", "DOWN", "DRAIN", "MAINT")
 ADMIN_STATES = ("ready", "drain", "maint")
@@ -42,6 +43,9 @@ ADMIN_STATES = ("ready", "drain", "maint")
 # The `le` label of every bucket, formatted once ("0.001" … "30.0", as prometheus-client's own
 # histograms print these bounds).
 _BUCKET_LABELS = (*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf")
+
+# `code` label → slot in TrafficCounters.responses, listed 1xx … 5xx, other.
+_CODE_SLOTS = tuple((code, CLASS_LABELS.index(code)) for code in CODE_ORDER)
 
 # One labelled object: its label values and its counters.
 Row = tuple[Sequence[str], TrafficCounters]
@@ -122,8 +126,8 @@ def cumulative_buckets(h: Histogram) -> list[tuple[str, float]]:
 
 def _by_code(rows: Iterable[Row]) -> Iterator[tuple[Sequence[str], float]]:
     for values, c in rows:
-        for label, n in zip(CLASS_LABELS, c.responses, strict=True):
-            yield (*values, label), n
+        for label, slot in _CODE_SLOTS:
+            yield (*values, label), c.responses[slot]
 
 
 def _traffic(
