@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("reload", "ctl"):
         from lbd.admin.client import ctl_main, reload_main
 
-
         if command == "reload":
             return reload_main(args.config)
         return ctl_main(args.config, args.words)

@@ -32,6 +32,7 @@ class BackendRuntime:
         "balancer",
         "config",
         "counters",
+        "host_header",
         "name",
         "servers",
     )
@@ -40,6 +41,7 @@ class BackendRuntime:
         self, config: Backend, servers: list[ServerState], counters: BackendCounters
     ) -> None:
         self.name = config.name
+        self.host_header = config.name.encode()  # Host for HTTP/1.0 requests that have none
         self.config = config
         self.servers = servers
         self.active = [s for s in servers if not s.config.backup]

@@ -83,14 +83,18 @@ async def cmd_show_stat(worker: Worker, args: list[str]) -> str:
         return json.dumps(snapshot(worker.runtime, worker.started_at))
     if args:
         raise CommandError("usage: show stat [json]")
-    rows = ["# pxname,svname,scur,smax,stot,bin,bout,econ,eresp,wretr,wredis,status,weight,"
-            + ",".join(f"hrsp_{c}" for c in CLASS_LABELS[1:]) + ",hrsp_other"]
+    rows = [
+        "# pxname,svname,scur,smax,stot,bin,bout,econ,eresp,wretr,wredis,status,weight,"
+        + ",".join(f"hrsp_{c}" for c in CLASS_LABELS[1:])
+        + ",hrsp_other"
+    ]
     rt = worker.runtime
     for fe in rt.frontends.values():
         c = fe.counters
         rows.append(
             f"{fe.name},FRONTEND,{c.conn_cur},,{c.requests},{c.bytes_in},{c.bytes_out},,,,,OPEN,,"
-            + ",".join(str(n) for n in c.responses[1:]) + f",{c.responses[0]}"
+            + ",".join(str(n) for n in c.responses[1:])
+            + f",{c.responses[0]}"
         )
     for be in rt.backends.values():
         for s in be.servers:
@@ -99,14 +103,16 @@ async def cmd_show_stat(worker: Worker, args: list[str]) -> str:
                 f"{be.name},{s.name},{sc.cur_requests},{sc.max_requests},{sc.requests},"
                 f"{sc.bytes_in},{sc.bytes_out},{sc.conn_errors},{sc.response_errors},"
                 f"{sc.retries},{sc.redispatches},{s.status()},{s.weight},"
-                + ",".join(str(n) for n in sc.responses[1:]) + f",{sc.responses[0]}"
+                + ",".join(str(n) for n in sc.responses[1:])
+                + f",{sc.responses[0]}"
             )
         bc = be.counters
         rows.append(
             f"{be.name},BACKEND,{bc.cur_requests},{bc.max_requests},{bc.requests},{bc.bytes_in},"
             f"{bc.bytes_out},{bc.conn_errors},{bc.response_errors},{bc.retries},"
             f"{bc.redispatches},UP,{sum(s.weight for s in be.servers)},"
-            + ",".join(str(n) for n in bc.responses[1:]) + f",{bc.responses[0]}"
+            + ",".join(str(n) for n in bc.responses[1:])
+            + f",{bc.responses[0]}"
         )
     return "\n".join(rows)
 

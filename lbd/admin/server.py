@@ -31,9 +31,7 @@ class AdminServer:
             os.makedirs(parent, exist_ok=True)
         old_umask = os.umask(0o177)  # the socket is created 0600: root-equivalent control
         try:
-            self._server = await asyncio.start_unix_server(
-                self._handle, self.path, limit=MAX_LINE
-            )
+            self._server = await asyncio.start_unix_server(self._handle, self.path, limit=MAX_LINE)
         finally:
             os.umask(old_umask)
         log.info("admin socket on %s", self.path)

@@ -135,11 +135,11 @@ class Worker:
             log.warning("stats listener not available in this build")
             return
         assert self.holder is not None
-        server = StatsServer()
+        server = StatsServer(started_at=self.started_at, auth_file=stats.auth_file)
         try:
             await server.start(self.holder, stats.bind)
         except OSError as exc:
-            raise StartError(f"cannot bind stats {stats.bind}: {exc.strerror}") from exc
+            raise StartError(f"stats listener {stats.bind}: {exc.strerror or exc}") from exc
         self._stats = server
 
     def _factory(self, listener: Listener) -> Callable[[], ClientConnection]:

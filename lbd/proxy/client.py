@@ -363,7 +363,8 @@ class ClientConnection(asyncio.Protocol):
     def _bad_request(self, err: BadRequest) -> None:
         """Answer a request lbd refuses, in its turn, then close; count it by reason."""
         self._pause_reading(PAUSE_ERROR)
-        malformed = self._fe.counters.malformed
+        fc = self._fe.counters
+        malformed = fc.malformed
         malformed[err.reason] = malformed.get(err.reason, 0) + 1
         log.debug("bad request from %s: %s", self.peer_ip.decode(), err)
         response = wire.error_response(err.status, close=True)
@@ -379,11 +380,13 @@ class ClientConnection(asyncio.Protocol):
                     ex.reply_local(err.status, response)  # counted with the exchange
                 return
             # Pipelined behind another request: it never started; answer in its place.
-            self._fe.counters.responses[err.status // 100] += 1
+            fc.responses[err.status // 100] += 1
+            ex.done = True  # counted here, never started, nothing to release
             queue = self._queue or deque()
             self._queue = deque(item if item is not ex else response for item in queue)
             return
-        self._fe.counters.responses[err.status // 100] += 1
+        fc.requests += 1  # refused before an exchange existed: still a request received
+        fc.responses[err.status // 100] += 1
         if self._active is None:
             self.write(response)
             self._close()

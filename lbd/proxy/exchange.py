@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from lbd.http import wire
 from lbd.http.head import RequestHead
 from lbd.routing.router import LocalAnswer
-from lbd.stats.counters import status_class
+from lbd.stats.counters import TrafficCounters, status_class
 
 if TYPE_CHECKING:
     from lbd.proxy.client import ClientConnection
@@ -41,9 +41,15 @@ _DROP_REQUEST = wire.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
-def request_head_bytes(head: RequestHead, client_ip: bytes, proto: bytes) -> bytes:
-    """The head sent to the server: hop-by-hop headers removed, X-Forwarded-* set."""
+def request_head_bytes(
+    head: RequestHead, client_ip: bytes, proto: bytes, default_host: bytes
+) -> bytes:
+    """The head sent to the server: hop-by-hop headers removed, X-Forwarded-* set. The server
+    leg is always HTTP/1.1, which requires Host (RFC 9112 §3.2): an HTTP/1.0 request without one
+    gets `default_host` (the backend's name, as nginx sends its upstream's name)."""
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    if head.host is None:
+        parts += (b"Host: ", default_host, b"\r\n")
     extra = head.connection_tokens - _STANDARD_TOKENS
     drop = _DROP_REQUEST | extra if extra else _DROP_REQUEST
     for name, value in head.headers:
@@ -85,6 +91,7 @@ class Exchange:
         "retries_left",
         "runtime",
         "server",
+        "started",
         "started_at",
         "status",
         "tunnel_pending",
@@ -132,6 +139,8 @@ class Exchange:
         self.client_close = not head.keep_alive
         self.tunnel_pending: list[bytes] | None = None
         self.done = False
+        self.started = False  # start() ran: current-request gauges were raised
+        fe.counters.requests += 1
 
     # --- start -----------
 
@@ -143,7 +152,11 @@ class Exchange:
         router = fe.router
         src = client.peer_ip_object() if router.needs_src else None
         self.module = router.module(head, src)
-        fe.module_counters[self.module].requests += 1
+        self.started = True
+        _enter(fe.counters)
+        mc = fe.module_counters[self.module]
+        mc.requests += 1
+        _enter(mc)
         target = router.route(head, src)
         if isinstance(target, LocalAnswer):
             if target.denied:
@@ -153,10 +166,16 @@ class Exchange:
         backend = self.runtime.backends[target]
         self.backend = backend
         backend.counters.requests += 1
+        _enter(backend.counters)
         self.retries_left = backend.config.retries
-        data = request_head_bytes(head, client.peer_ip, client.proto)
+        data = request_head_bytes(head, client.peer_ip, client.proto, backend.host_header)
+        # Body bytes of a pipelined request may already wait here: the head goes first.
         self.req_out.insert(0, data)
-        self._remember(data)
+        if self.replay is not None:
+            self.replay.insert(0, data)
+            self.replay_bytes += len(data)
+            if self.replay_bytes > REPLAY_LIMIT:
+                self.replay = None
         self._dispatch(None)
 
     def _dispatch(self, avoid: ServerState | None) -> None:
@@ -349,8 +368,10 @@ class Exchange:
         self.resp_out.append(wire.chunk(data) if self.rechunk else data)
 
     def response_complete(self) -> None:
-        if self.status == 0 or self.resp_done:
-            return  # end of an interim response
+        if self.status == 0 or self.resp_done or self.status == 101:
+            # End of an interim response; or of a 101, which llhttp reports as complete just
+            # before it raises HttpParserUpgrade: the tunnel starts in upgrade_accepted().
+            return
         if self.rechunk:
             self.resp_out.append(wire.CHUNK_END)
         self.resp_done = True
@@ -530,6 +551,11 @@ class Exchange:
         cls = status_class(self.status)
         fe = self.fe
         fc = fe.counters
+        if self.started:
+            fc.cur_requests -= 1
+            fe.module_counters[self.module].cur_requests -= 1
+            if self.backend is not None:
+                self.backend.counters.cur_requests -= 1
         fc.responses[cls] += 1
         fc.bytes_in += self.req_body_bytes
         fc.bytes_out += self.resp_bytes
@@ -560,6 +586,14 @@ class Exchange:
             if backend is not None:
                 backend.balancer.request_finished(server, elapsed)
             self._release_server()
+
+
+def _enter(c: TrafficCounters) -> None:
+    """One more request in progress; remember the peak (HAProxy's scur/smax)."""
+    cur = c.cur_requests + 1
+    c.cur_requests = cur
+    if cur > c.max_requests:
+        c.max_requests = cur
 
 
 def _head_bytes(

@@ -1,0 +1,20 @@
+"""Shared fixtures. The end-to-end kit itself lives in e2e_helpers.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import Harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """Backends, lbd processes and clients for one test, stopped in order at teardown: clients,
+    then lbd (which must exit 0 on SIGTERM without logging a traceback), then backends."""
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        await h.aclose()
