@@ -29,8 +29,9 @@ from lbd.http.head import (
 )
 
 
-def classify(head: RequestHead) -> None:
-    """Fill the framing fields of `head` from its headers, refusing what is unsafe to forward."""
+def classify(head: RequestHead) -> int:
+    """Fill the framing fields of `head` from its headers, refusing what is unsafe to forward.
+    Returns the size of the header section (names, values and separators) for the 431 limit."""
     version = head.version
     if version != b"1.1" and version != b"1.0":
         raise VersionNotSupported("bad-version", version.decode("latin-1"))
@@ -44,7 +45,9 @@ def classify(head: RequestHead) -> None:
     cl_value: bytes | None = None
     connection: bytes | None = None
     upgrade: bytes | None = None
+    size = 0
     for name, value in head.headers:
+        size += len(name) + len(value) + 4
         code = special.get(name.lower())
         if code is None:
             continue
@@ -103,6 +106,7 @@ def classify(head: RequestHead) -> None:
     else:
         head.path = target[:q]
         head.query = target[q + 1 :]
+    return size
 
 
 def _check_transfer_encoding(head: RequestHead, values: list[bytes], has_cl: bool) -> None:

@@ -141,6 +141,14 @@ class ClientConnection(asyncio.Protocol):
             self._phase = HEADERS
             self.deadline.set(self._fe.timeouts.http_request)
         self._feed(data)
+        if self._phase == HEADERS:
+            # A head still incomplete: bound what it may grow to (an upper bound, since this
+            # read may also hold the end of a previous pipelined request).
+            self._header_bytes += len(data)
+            limits = self._fe.limits
+            if self._header_bytes > limits.max_header_bytes + limits.max_uri_bytes + 1024:
+                self._bad_request(HeadersTooLarge("headers-too-large"))
+                return
         ex = self._active
         if ex is not None:
             ex.flush_upstream()
@@ -221,21 +229,21 @@ class ClientConnection(asyncio.Protocol):
             raise UriTooLong("uri-too-long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called once per header line: keep it to one append. Size limits are checked per read
+        # while the head is incomplete (data_received) and exactly at headers-complete.
         self._headers.append((name, value))
-        self._header_bytes += len(name) + len(value) + 4
-        limits = self._fe.limits
-        if self._header_bytes > limits.max_header_bytes:
-            raise HeadersTooLarge("headers-too-large")
-        if len(self._headers) > limits.max_headers:
-            raise HeadersTooLarge("too-many-headers")
 
     def on_headers_complete(self) -> None:
         if self._closing:
             return
         p = self._parser
         head = RequestHead(p.get_method(), self._url, p.get_http_version().encode(), self._headers)
-        classify(head)
-        max_body = self._fe.limits.max_body_bytes
+        limits = self._fe.limits
+        if len(self._headers) > limits.max_headers:
+            raise HeadersTooLarge("too-many-headers")
+        if classify(head) > limits.max_header_bytes:
+            raise HeadersTooLarge("headers-too-large")
+        max_body = limits.max_body_bytes
         if head.content_length is not None and head.content_length > max_body:
             raise BodyTooLarge("body-too-large")
         ex = Exchange(self, head, self.runtime, self._fe, self._started_at)
@@ -377,6 +385,7 @@ class ClientConnection(asyncio.Protocol):
                     ex.client_lost()
                 else:
                     ex.req_done = True
+                    ex.term = "PR"
                     ex.reply_local(err.status, response)  # counted with the exchange
                 return
             # Pipelined behind another request: it never started; answer in its place.
@@ -409,6 +418,7 @@ class ClientConnection(asyncio.Protocol):
             ex = self._active
             self._parsing = None
             ex.req_done = True
+            ex.term = "cR"
             ex.reply_local(408, wire.error_response(408, close=True))
         elif phase == IDLE:
             self._close()

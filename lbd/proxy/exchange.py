@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from lbd.http import wire
 from lbd.http.head import RequestHead
 from lbd.routing.router import LocalAnswer
-from lbd.stats.counters import TrafficCounters, status_class
+from lbd.stats.counters import TrafficCounters, bucket_of, status_class
 
 if TYPE_CHECKING:
     from lbd.proxy.client import ClientConnection
@@ -70,9 +70,11 @@ def request_head_bytes(
 
 class Exchange:
     __slots__ = (
+        "attached_at",
         "backend",
         "client",
         "client_close",
+        "connect_time",
         "connecting",
         "done",
         "fe",
@@ -88,12 +90,15 @@ class Exchange:
         "resp_done",
         "resp_out",
         "resp_started",
+        "response_at",
+        "retries",
         "retries_left",
         "runtime",
         "server",
         "started",
         "started_at",
         "status",
+        "term",
         "tunnel_pending",
         "until_close",
         "upstream",
@@ -140,6 +145,15 @@ class Exchange:
         self.tunnel_pending: list[bytes] | None = None
         self.done = False
         self.started = False  # start() ran: current-request gauges were raised
+        # --- for the access log (HAProxy's timers and termination state)
+        self.attached_at = 0.0  # the request started going to a server (after connect)
+        self.connect_time = -1.0  # seconds to connect; 0 for a pooled connection; -1 never
+        self.response_at = 0.0  # the final response head arrived
+        self.retries = 0
+        # Two letters as in HAProxy's logs: who ended the session (C client, S server, P proxy,
+        # c/s client/server timeout, - normal) and in which phase (R request, C connect,
+        # H response headers, D data, - normal).
+        self.term = "--"
         fe.counters.requests += 1
 
     # --- start -----------
@@ -161,6 +175,7 @@ class Exchange:
         if isinstance(target, LocalAnswer):
             if target.denied:
                 fe.counters.denied += 1
+            self.term = "PR" if target.denied else "LR"  # blocked / answered locally
             self.reply_local(target.status, target.response(True))
             return
         backend = self.runtime.backends[target]
@@ -184,6 +199,7 @@ class Exchange:
         server = backend.pick(avoid)
         if server is None:
             backend.counters.no_server += 1
+            self.term = "SC"
             self.reply_local(503, wire.error_response(503, True))
             return
         if avoid is not None and server is not avoid:
@@ -218,7 +234,8 @@ class Exchange:
             return
         self.connecting = False
         server.counters.connections += 1
-        server.counters.connect_time.observe(self.client.loop.time() - t0)
+        self.connect_time = self.client.loop.time() - t0
+        server.counters.connect_time.observe(self.connect_time)
         if self.done:
             server.pool.release(conn)  # the client left meanwhile; the fresh connection is fine
             return
@@ -227,6 +244,9 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         assert self.backend is not None
         self.upstream = conn
+        if self.connect_time < 0:
+            self.connect_time = 0.0
+        self.attached_at = self.client.loop.time()
         conn.attach(self, self.backend.config.timeouts.server)
         if self.tunnel_pending is None and self.head.upgrade is not None:
             self.tunnel_pending = []
@@ -249,10 +269,12 @@ class Exchange:
         log.debug("connect to %s/%s failed: %s", backend.name, server.name, reason)
         if self.retries_left > 0:
             self.retries_left -= 1
+            self.retries += 1
             backend.counters.retries += 1
             server.counters.retries += 1
             self._dispatch(server if backend.config.redispatch else None)
             return
+        self.term = "SC"
         self.reply_local(503, wire.error_response(503, True))
 
     # --- request body, from the client connection -------------------------------------------------
@@ -302,6 +324,7 @@ class Exchange:
             return
         self.status = status
         self.resp_started = True
+        self.response_at = self.client.loop.time()
         self.upstream_keep_alive = keep
         head = self.head
         chunked = False
@@ -437,6 +460,7 @@ class Exchange:
         if not self.resp_started:
             self._retry_or_fail(conn, "empty-response", 502)
             return
+        self.term = "SD"
         self._abort_response("server closed mid-response")
 
     def upstream_failed(self, conn: UpstreamConnection, reason: str, status: int) -> None:
@@ -449,8 +473,10 @@ class Exchange:
             return
         self._count_response_error()
         if self.resp_started:
+            self.term = "SD"
             self._abort_response(reason)
         else:
+            self.term = "SH"
             self.reply_local(status, wire.error_response(status, True))
 
     def upstream_timeout(self, conn: UpstreamConnection) -> None:
@@ -462,8 +488,10 @@ class Exchange:
             return
         self._count_response_error()
         if self.resp_started:
+            self.term = "sD"
             self._abort_response("server timeout")
         else:
+            self.term = "sH"
             self.reply_local(504, wire.error_response(504, True))
 
     def _retry_or_fail(self, conn: UpstreamConnection, reason: str, status: int) -> None:
@@ -476,6 +504,7 @@ class Exchange:
         if replay is not None and self.req_done and self.head.method in IDEMPOTENT:
             if conn.reused or self.retries_left > 0:
                 if not conn.reused:
+                    self.retries += 1
                     self.retries_left -= 1
                     backend.counters.retries += 1
                     server.counters.retries += 1
@@ -484,6 +513,7 @@ class Exchange:
                 self._dispatch(server if not conn.reused and backend.config.redispatch else None)
                 return
         self._count_response_error()
+        self.term = "SH"
         self.reply_local(status, wire.error_response(status, True))
 
     def _count_response_error(self) -> None:
@@ -505,6 +535,9 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        # The client left: before the head was complete (R), while we waited for the server
+        # (H), or while the response was flowing (D).
+        self.term = "CD" if self.resp_started else ("CH" if self.req_done else "CR")
         conn = self.upstream
         if conn is not None:
             self.upstream = None
@@ -548,37 +581,31 @@ class Exchange:
     def _account(self) -> None:
         """Count the finished (or aborted) exchange everywhere it belongs."""
         elapsed = self.client.loop.time() - self.started_at
+        bucket = bucket_of(elapsed)
         cls = status_class(self.status)
         fe = self.fe
         fc = fe.counters
+        mc = fe.module_counters[self.module]
+        backend = self.backend
         if self.started:
             fc.cur_requests -= 1
-            fe.module_counters[self.module].cur_requests -= 1
-            if self.backend is not None:
-                self.backend.counters.cur_requests -= 1
-        fc.responses[cls] += 1
-        fc.bytes_in += self.req_body_bytes
-        fc.bytes_out += self.resp_bytes
-        fc.response_time.observe(elapsed)
-        mc = fe.module_counters[self.module]
-        mc.responses[cls] += 1
-        mc.bytes_in += self.req_body_bytes
-        mc.bytes_out += self.resp_bytes
-        mc.response_time.observe(elapsed)
-        backend = self.backend
-        if backend is not None:
-            bc = backend.counters
-            bc.responses[cls] += 1
-            bc.bytes_in += self.req_body_bytes
-            bc.bytes_out += self.resp_bytes
-            bc.response_time.observe(elapsed)
+            mc.cur_requests -= 1
+            if backend is not None:
+                backend.counters.cur_requests -= 1
+        sent = self.req_body_bytes
+        received = self.resp_bytes
+        for c in (fc, mc) if backend is None else (fc, mc, backend.counters):
+            c.responses[cls] += 1
+            c.bytes_in += sent
+            c.bytes_out += received
+            c.response_time.observe_at(bucket, elapsed)
         server = self.server
         if server is not None:
             sc = server.counters
             sc.responses[cls] += 1
-            sc.bytes_in += self.req_body_bytes
-            sc.bytes_out += self.resp_bytes
-            sc.response_time.observe(elapsed)
+            sc.bytes_in += sent
+            sc.bytes_out += received
+            sc.response_time.observe_at(bucket, elapsed)
         log_sink = self.client.access_log
         if log_sink is not None:
             log_sink(self, elapsed)
