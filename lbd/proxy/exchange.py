@@ -88,6 +88,7 @@ class Exchange:
         "req_out",
         "resp_bytes",
         "resp_done",
+        "resp_length",
         "resp_out",
         "resp_started",
         "response_at",
@@ -138,6 +139,7 @@ class Exchange:
         self.resp_started = False  # a final response head was queued for the client
         self.resp_done = False
         self.resp_bytes = 0
+        self.resp_length = -1  # the response's Content-Length, when it has one
         self.rechunk = False  # the client gets a chunked body we encode
         self.until_close = False  # the server delimits the body by closing
         self.upstream_keep_alive = True
@@ -345,6 +347,8 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 has_length = True
+                if value.isdigit():
+                    self.resp_length = int(value)  # llhttp already refused a bad one
             parts += (name, b": ", value, b"\r\n")
         if extra_tokens is not None:
             # Rare: the server named more hop-by-hop headers in Connection; drop those too.

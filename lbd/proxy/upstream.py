@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 class UpstreamConnection(asyncio.Protocol):
     # --- connection lifetime
     __slots__ = (
+        "_body_seen",
         "_headers",
         "_parser",
+        "_raw_left",
         "closed",
         "deadline",
         "exchange",
@@ -48,6 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         # --- per response
         self.exchange: Exchange | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._body_seen = 0  # body bytes httptools delivered for this response
+        self._raw_left = 0  # Content-Length bytes still to relay without the parser
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -66,6 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             ex.tunnel_to_client(data)
             return
+        if self._raw_left:
+            self._relay_raw(ex, data)
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -81,8 +88,29 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             ex.upstream_failed(self, "bad-response", 502)
             return
+        if self.exchange is ex and ex.resp_length > self._body_seen and not ex.resp_done:
+            # A large Content-Length body is still coming: relay the next reads as they are,
+            # without httptools copying every chunk through on_body (the 1 MiB case).
+            self._raw_left = ex.resp_length - self._body_seen
         ex.flush_client()
 
+    def _relay_raw(self, ex: Exchange, data: bytes) -> None:
+        left = self._raw_left
+        n = len(data)
+        if n < left:
+            self._raw_left = left - n
+            ex.response_body(data)
+            ex.flush_client()
+            return
+        if n > left:
+            # More than the server announced: finish the response, never reuse the connection.
+            ex.upstream_keep_alive = False
+            data = data[:left]
+        self._raw_left = 0
+        # httptools still waits for those body bytes: the next response needs a fresh parser.
+        self._parser = httptools.HttpResponseParser(self)
+        ex.response_body(data)
+        ex.response_complete()
     def eof_received(self) -> bool | None:
         return None  # let asyncio close the transport; connection_lost follows
 
@@ -108,6 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = []
+        self._body_seen = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -119,6 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.response_head(p.get_status_code(), self._headers, p.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
         ex = self.exchange
         if ex is not None:
             ex.response_body(body)
