@@ -63,6 +63,7 @@ class ClientConnection(asyncio.Protocol):
         "_peer_ip_obj",
         "_phase",
         "_queue",
+        "_raw_left",
         "_started_at",
         "_tunnel",
         "_url",
@@ -106,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         # connection, and there may be 25,000 of them.
         self._queue: deque[Exchange | bytes] | None = None
         self._parsing: Exchange | None = None  # whose request body is being read
+        self._raw_left = 0  # Content-Length body bytes still to relay without the parser
         self._tunnel: Exchange | None = None
         # --- the request head being parsed
         self.runtime: Runtime = holder.runtime
@@ -137,10 +139,22 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._pause & PAUSE_ERROR:
             return
+        if self._raw_left:
+            data = self._relay_raw_body(data)
+            if not data:
+                ex = self._active
+                if ex is not None:
+                    ex.flush_upstream()
+                return
         if self._phase == IDLE:
             self._phase = HEADERS
             self.deadline.set(self._fe.timeouts.http_request)
         self._feed(data)
+        ex = self._parsing
+        if ex is not None and ex.head.content_length and not ex.req_done and not self._closing:
+            # The rest of a Content-Length body comes in later reads: relay them as they are,
+            # without httptools copying every chunk through on_body.
+            self._raw_left = ex.head.content_length - ex.req_body_bytes
         if self._phase == HEADERS:
             # A head still incomplete: bound what it may grow to (an upper bound, since this
             # read may also hold the end of a previous pipelined request).
@@ -152,6 +166,26 @@ class ClientConnection(asyncio.Protocol):
         ex = self._active
         if ex is not None:
             ex.flush_upstream()
+
+    def _relay_raw_body(self, data: bytes) -> bytes:
+        """Relay Content-Length body bytes; return what follows the body (a pipelined request)."""
+        ex = self._parsing
+        left = self._raw_left
+        if ex is None:  # the exchange was answered and dropped meanwhile
+            self._raw_left = 0
+            return b""
+        n = len(data)
+        self.deadline.set(self._fe.timeouts.client)
+        if n < left:
+            self._raw_left = left - n
+            ex.request_body(data)
+            return b""
+        self._raw_left = 0
+        ex.request_body(data[:left] if n > left else data)
+        # httptools still expects those body bytes: the next request needs a fresh parser.
+        self._parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+        return data[left:] if n > left else b""
 
     def _feed(self, data: bytes) -> None:
         while True:
