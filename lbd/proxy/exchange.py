@@ -39,6 +39,7 @@ CONNECT_BUFFER_LIMIT = 256 * 1024  # request body buffered while connecting befo
 # Request headers never forwarded: hop-by-hop ones, and those lbd rewrites itself.
 _DROP_REQUEST = wire.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 def request_head_bytes(
@@ -324,6 +325,16 @@ class Exchange:
             if self.head.version == b"1.1":
                 self.resp_out.append(_head_bytes(status, headers, wire.HOP_BY_HOP, b""))
             return
+        if status in _RETRY_STATUSES and self._may_resend(str(status)):
+            # `retry_on: [502, 503, 504]`: drop this answer and its connection, try again.
+            conn = self.upstream
+            if conn is not None:
+                self.upstream = None
+                conn.exchange = None
+                conn.abort()
+            self._count_response_error()
+            self._resend(counted=True)
+            return
         self.status = status
         self.resp_started = True
         self.response_at = self.client.loop.time()
@@ -494,31 +505,47 @@ class Exchange:
         if self.resp_started:
             self.term = "sD"
             self._abort_response("server timeout")
+        elif self._may_resend("response-timeout"):
+            self._resend(counted=True)
         else:
             self.term = "sH"
             self.reply_local(504, wire.error_response(504, True))
 
     def _retry_or_fail(self, conn: UpstreamConnection, reason: str, status: int) -> None:
-        server = self.server
-        backend = self.backend
-        assert backend is not None and server is not None
-        replay = self.replay
-        # A reused connection that the server closed before answering is the idle-close race:
-        # safe to resend an idempotent request, and it does not count as a server failure.
-        if replay is not None and self.req_done and self.head.method in IDEMPOTENT:
-            if conn.reused or self.retries_left > 0:
-                if not conn.reused:
-                    self.retries += 1
-                    self.retries_left -= 1
-                    backend.counters.retries += 1
-                    server.counters.retries += 1
-                self._release_server()
-                self.req_out = list(replay)
-                self._dispatch(server if not conn.reused and backend.config.redispatch else None)
-                return
+        """The server closed without answering. A reused connection closed before answering is
+        the idle-close race: an idempotent request is resent and it does not count as a server
+        failure. Otherwise `retry_on: [empty-response]` decides, as in HAProxy."""
+        race = conn.reused
+        if self._may_resend("empty-response", race):
+            self._resend(counted=not race)
+            return
         self._count_response_error()
         self.term = "SH"
         self.reply_local(status, wire.error_response(status, True))
+
+    def _may_resend(self, cause: str, free: bool = False) -> bool:
+        """May this request be sent again? Only idempotent ones whose every byte is still held
+        (`replay`), after the client finished sending, and while retries remain."""
+        backend = self.backend
+        if backend is None or self.replay is None or not self.req_done:
+            return False
+        if self.head.method not in IDEMPOTENT:
+            return False
+        return free or (self.retries_left > 0 and cause in backend.config.retry_on)
+
+    def _resend(self, counted: bool) -> None:
+        backend = self.backend
+        server = self.server
+        assert backend is not None and self.replay is not None
+        if counted:
+            self.retries += 1
+            self.retries_left -= 1
+            backend.counters.retries += 1
+            if server is not None:
+                server.counters.retries += 1
+        self._release_server()
+        self.req_out = list(self.replay)
+        self._dispatch(server if counted and backend.config.redispatch else None)
 
     def _count_response_error(self) -> None:
         if self.server is not None:
