@@ -14,8 +14,11 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from lbd.balancing.base import Balancer
-from lbd.balancing.registry import implemented, make_balancer
+from lbd.balancing.keys import KeyExtractor, key_extractor
+from lbd.balancing.registry import make_balancer
 from lbd.config.schema import Backend, Config, Frontend, Limits, Rule
+from lbd.inspect.policy import UrlPolicies
+from lbd.inspect.store import CaptureStore
 from lbd.proxy.connpool import ConnPool
 from lbd.routing.router import Router
 from lbd.state import ServerState
@@ -33,6 +36,7 @@ class BackendRuntime:
         "config",
         "counters",
         "host_header",
+        "key_of",
         "name",
         "servers",
     )
@@ -47,16 +51,18 @@ class BackendRuntime:
         self.active = [s for s in servers if not s.config.backup]
         self.backups = [s for s in servers if s.config.backup]
         self.balancer: Balancer = make_balancer(config.balance, self.active)
+        # Hash algorithms get their key from the request; the algorithm never parses HTTP.
+        self.key_of: KeyExtractor | None = key_extractor(config.balance)
         self.counters = counters
         self._no_server_logged = False
 
-    def pick(self, avoid: ServerState | None) -> ServerState | None:
+    def pick(self, key: bytes | None, avoid: ServerState | None) -> ServerState | None:
         """A server for a new request: actives through the balancer, else the first usable
         backup (all of them in turn with `allbackups`)."""
-        server = self.balancer.pick(None, avoid)
+        server = self.balancer.pick(key, avoid)
         if server is None and avoid is not None:
             # The only usable server is the one that just failed: better it than a 503.
-            server = self.balancer.pick(None, None)
+            server = self.balancer.pick(key, None)
         if server is None:
             server = self._pick_backup(avoid)
         if server is None:
@@ -85,7 +91,18 @@ class BackendRuntime:
 
 
 class FrontendRuntime:
-    __slots__ = ("config", "counters", "limits", "module_counters", "name", "router", "timeouts")
+    __slots__ = (
+        "allowed_methods",
+        "captures",
+        "config",
+        "counters",
+        "limits",
+        "module_counters",
+        "name",
+        "router",
+        "timeouts",
+        "url_policies",
+    )
 
     def __init__(
         self,
@@ -93,6 +110,7 @@ class FrontendRuntime:
         limits: Limits,
         counters: FrontendCounters,
         module_counters: dict[str, TrafficCounters],
+        captures: CaptureStore | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
@@ -101,6 +119,10 @@ class FrontendRuntime:
         self.limits = limits
         self.timeouts = config.timeouts
         self.module_counters = module_counters
+        # Request inspection: the capture store is kept across reloads like the counters.
+        self.captures = captures if captures is not None else CaptureStore()
+        self.url_policies = UrlPolicies(config)
+        self.allowed_methods = frozenset(m.encode() for m in config.allowed_methods)
 
 
 @dataclass(slots=True)
@@ -144,12 +166,6 @@ def build_runtime(
                 state.pool.idle_timeout = b.pool_idle_timeout
             servers[(b.name, s.name)] = state
             states.append(state)
-        if not implemented(b.balance.algorithm):
-            log.warning(
-                "backend %s: balance %s is not implemented yet, using roundrobin",
-                b.name,
-                b.balance.algorithm,
-            )
         old_backend = previous.backends.get(b.name) if previous is not None else None
         counters = old_backend.counters if old_backend is not None else BackendCounters()
         backends[b.name] = BackendRuntime(b, states, counters)
@@ -162,7 +178,8 @@ def build_runtime(
         for name in (*(m.name for m in f.modules), "other"):
             old_mod = old_fe.module_counters.get(name) if old_fe is not None else None
             modules[name] = old_mod if old_mod is not None else TrafficCounters()
-        frontends[f.name] = FrontendRuntime(f, cfg.global_.limits, fe_counters, modules)
+        captures = old_fe.captures if old_fe is not None else None
+        frontends[f.name] = FrontendRuntime(f, cfg.global_.limits, fe_counters, modules, captures)
 
     generation = previous.generation + 1 if previous is not None else 1
     return Runtime(cfg, frontends, backends, generation, servers)

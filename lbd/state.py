@@ -3,6 +3,8 @@
 Rules: two independent states, as in HAProxy and Pingora. `admin` is the operator's (READY,
 DRAIN, MAINT); `up` is the health checks' (one truth, fed by active and passive checks). The
 balancer only sees servers through `usable()`; persistence may still reach a DRAIN server.
+Only `health` (lbd/health/state.py, the rise/fall machine) writes `up`; `observer` is the passive
+check's error counter (None unless the backend has `observe`), read per request.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lbd.config.schema import Server
+from lbd.health.state import HealthState
 from lbd.stats.counters import ServerCounters
 
 if TYPE_CHECKING:
+    from lbd.health.passive import Observer
     from lbd.proxy.connpool import ConnPool
 
 ADMIN_STATES = ("ready", "drain", "maint")
@@ -24,8 +28,10 @@ class ServerState:
         "backend_name",
         "config",
         "counters",
+        "health",
         "inflight",
         "name",
+        "observer",
         "pool",
         "up",
         "weight",
@@ -41,6 +47,10 @@ class ServerState:
         self.inflight = 0
         self.counters = ServerCounters()
         self.pool = pool
+        # Health: the rise/fall machine owns `up` (UP and unchecked until the health manager
+        # configures it); the passive observer, when the backend observes traffic.
+        self.health = HealthState(self)
+        self.observer: Observer | None = None
 
     @property
     def identity(self) -> tuple[str, str]:

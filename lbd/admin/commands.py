@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from lbd import __version__
+from lbd.inspect.store import ACTIONS
 from lbd.state import ADMIN_STATES, ServerState
 from lbd.stats.counters import CLASS_LABELS
 
@@ -131,11 +132,42 @@ async def cmd_show_modules(worker: Worker, args: list[str]) -> str:
 
 
 async def cmd_show_errors(worker: Worker, args: list[str]) -> str:
+    """Counts per frontend and reason (as before), then the capture store: per (reason, module)
+    what was done and when, and the last samples, newest first, each ending with ` | ` and its
+    excerpt (already escaped and masked: one line, printable ASCII). `show errors FRONTEND`
+    narrows it to one frontend."""
+    frontends = list(worker.runtime.frontends.values())
+    if args:
+        frontends = [fe for fe in frontends if fe.name == args[0]]
+        if len(args) > 1 or not frontends:
+            raise CommandError(f"usage: show errors [FRONTEND]; no frontend {args[0]!r}")
     rows = ["# frontend reason count"]
-    for fe in worker.runtime.frontends.values():
+    for fe in frontends:
         for reason, count in sorted(fe.counters.malformed.items()):
             rows.append(f"{fe.name} {reason} {count}")
+    rows.append("# frontend module reason count " + " ".join(ACTIONS) + " first_seen last_seen")
+    for fe in frontends:
+        store = fe.captures
+        for e in store.entries():
+            actions = " ".join(str(e.actions.get(a, 0)) for a in ACTIONS)
+            rows.append(
+                f"{fe.name} {e.module} {e.reason} {e.count} {actions} "
+                f"{_iso(e.first_seen)} {_iso(e.last_seen)}"
+            )
+            for sm in reversed(e.samples):
+                at = f"{sm.where}+{sm.offset}" if sm.offset >= 0 else "-"
+                rows.append(
+                    f"  {_iso(sm.time)} {sm.client} {sm.method} {sm.action} {sm.status or '-'} "
+                    f"offset={at} reasons={','.join(sm.reasons)} | {sm.excerpt}"
+                )
+        if store.overflow:
+            rows.append(f"{fe.name} - (overflow) {store.overflow}")
     return "\n".join(rows)
+
+
+def _iso(unix: float) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(unix))
+    return f"{stamp}.{int(unix * 1000) % 1000:03d}"
 
 
 async def cmd_set_server(worker: Worker, args: list[str]) -> str:
@@ -148,7 +180,7 @@ async def cmd_set_server(worker: Worker, args: list[str]) -> str:
             raise CommandError(f"state must be one of {', '.join(ADMIN_STATES)}, got {args[2]!r}")
         old = server.admin
         server.admin = args[2]
-        backend.balancer.servers_changed()
+        backend.balancer.server_changed(server)
         return f"{args[0]} state {old} -> {server.admin}"
     try:
         weight = int(args[2])
@@ -158,8 +190,47 @@ async def cmd_set_server(worker: Worker, args: list[str]) -> str:
         raise CommandError(f"weight must be an integer 0..256, got {weight}")
     old_weight = server.weight
     server.weight = weight
-    backend.balancer.servers_changed()
+    backend.balancer.server_changed(server)
     return f"{args[0]} weight {old_weight} -> {weight}"
+
+
+async def cmd_show_health(worker: Worker, args: list[str]) -> str:
+    """One row per server: check state (HAProxy wording), last check, failures, downtime."""
+    if args:
+        raise CommandError("usage: show health")
+    rows = ["# backend/server health last_check code duration_ms chkfail chkdown downtime_s"]
+    for be in worker.runtime.backends.values():
+        for s in be.servers:
+            h = s.health
+            last = h.last_result
+            code = last.code if last is not None and last.code is not None else "-"
+            ms = round(last.duration * 1000) if last and last.duration is not None else "-"
+            rows.append(
+                f"{be.name}/{s.name} {h.display().replace(' ', '_')} "
+                f"{last.status if last is not None else '-'} {code} {ms} "
+                f"{h.check_failures} {h.downs} {h.downtime():.0f}"
+            )
+    return "\n".join(rows)
+
+
+async def cmd_enable_health(worker: Worker, args: list[str]) -> str:
+    return _health_switch(worker, args, enable=True)
+
+
+async def cmd_disable_health(worker: Worker, args: list[str]) -> str:
+    return _health_switch(worker, args, enable=False)
+
+
+def _health_switch(worker: Worker, args: list[str], enable: bool) -> str:
+    from lbd.health.manager import HealthError
+
+    if len(args) != 1:
+        raise CommandError(f"usage: {'enable' if enable else 'disable'} health BACKEND/SERVER")
+    server = _server(worker, args[0])
+    try:
+        return worker.health.enable(server) if enable else worker.health.disable(server)
+    except HealthError as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def cmd_clear_counters(worker: Worker, args: list[str]) -> str:
@@ -181,8 +252,11 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "show stat": (cmd_show_stat, "[json] counters per frontend, server and backend"),
     "show servers": (cmd_show_servers, "servers with address, status, admin state, weight"),
     "show modules": (cmd_show_modules, "requests and latency per application module"),
-    "show errors": (cmd_show_errors, "refused requests per frontend and reason"),
+    "show errors": (cmd_show_errors, "[FRONTEND] malformed requests: counts, then masked samples"),
+    "show health": (cmd_show_health, "health check state, last check and counters per server"),
     "set server": (cmd_set_server, "B/S state ready|drain|maint, or B/S weight N"),
+    "enable health": (cmd_enable_health, "B/S: resume health checks (up until one fails)"),
+    "disable health": (cmd_disable_health, "B/S: stop health checks; the server counts as UP"),
     "clear counters": (cmd_clear_counters, "reset every counter to zero"),
     "reload": (cmd_reload, "re-read the configuration file; the old one stays on error"),
 }

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from lbd.config.schema import Address, Config
 from lbd.errors import ConfigErrors
+from lbd.health.manager import HealthManager
 from lbd.logs.access import AccessLog
 from lbd.proxy.client import ClientConnection
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
@@ -70,6 +71,7 @@ class Worker:
         self._reload_lock = asyncio.Lock()
         self._admin: object | None = None
         self._stats: object | None = None
+        self.health = HealthManager()
 
     @property
     def runtime(self) -> Runtime:
@@ -82,6 +84,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         cfg = self.config
         self.holder = RuntimeHolder(build_runtime(cfg, None, loop))
+        self.health.start(self.holder)  # before listeners: `init_state: down` holds at once
         if cfg.global_.log.access != "off":
             self.access_log = AccessLog(cfg.global_.log.access, cfg.global_.log.format)
         await self._open_listeners(cfg)
@@ -162,8 +165,14 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         await self.stop_event.wait()
         await self.graceful_stop()
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): the access log's writer thread reopens its file."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def _reload_from_signal(self) -> None:
         async def run() -> None:
@@ -196,6 +205,7 @@ class Worker:
             new = build_runtime(new_cfg, old, loop)
             assert self.holder is not None
             self.holder.runtime = new  # the swap: one assignment
+            self.health.reload(old, new)  # same tick: no request sees unconfigured health
             self.config = new_cfg
             removed = self._close_removed_listeners(new_cfg)
             for identity, state in old.servers.items():
@@ -257,6 +267,7 @@ class Worker:
                         conn.transport.abort()
                 break
             await asyncio.sleep(0.05)
+        await self.health.stop()
         for state in self.runtime.servers.values():
             state.pool.close_idle()
         for side in (self._admin, self._stats):

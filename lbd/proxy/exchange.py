@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from lbd.health import passive
 from lbd.http import wire
 from lbd.http.head import RequestHead
 from lbd.routing.router import LocalAnswer
@@ -77,9 +78,12 @@ class Exchange:
         "client_close",
         "connect_time",
         "connecting",
+        "dispatched_at",
         "done",
         "fe",
+        "hash_key",
         "head",
+        "headers_at",
         "module",
         "rechunk",
         "replay",
@@ -121,6 +125,7 @@ class Exchange:
         self.runtime = runtime
         self.fe = fe
         self.started_at = started_at
+        self.headers_at = client.loop.time()  # created at headers-complete (HAProxy's TR end)
         self.module = "other"
         self.backend: BackendRuntime | None = None
         # --- server leg
@@ -128,6 +133,8 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.connecting = False
         self.retries_left = 0
+        self.hash_key: bytes | None = None  # extracted once; retries reuse it
+        self.dispatched_at = 0.0
         # --- request body, client → server
         self.req_out: list[bytes] = []
         self.replay: list[bytes] | None = []
@@ -186,6 +193,8 @@ class Exchange:
         backend.counters.requests += 1
         _enter(backend.counters)
         self.retries_left = backend.config.retries
+        if backend.key_of is not None:
+            self.hash_key = backend.key_of(head, client.peer_ip)
         data = request_head_bytes(head, client.peer_ip, client.proto, backend.host_header)
         # Body bytes of a pipelined request may already wait here: the head goes first.
         self.req_out.insert(0, data)
@@ -199,7 +208,7 @@ class Exchange:
     def _dispatch(self, avoid: ServerState | None) -> None:
         backend = self.backend
         assert backend is not None
-        server = backend.pick(avoid)
+        server = backend.pick(self.hash_key, avoid)
         if server is None:
             backend.counters.no_server += 1
             self.term = "SC"
@@ -208,6 +217,7 @@ class Exchange:
         if avoid is not None and server is not avoid:
             backend.counters.redispatches += 1
         self.server = server
+        self.dispatched_at = self.client.loop.time()
         server.inflight += 1
         sc = server.counters
         sc.requests += 1
@@ -257,20 +267,27 @@ class Exchange:
         self.client.resume_reading_for_connect()
 
     def _release_server(self) -> None:
+        """The server's part is over (answered, failed, or left for a retry): every path comes
+        here, so the balancer always hears `request_finished` exactly once per dispatch."""
         server = self.server
         if server is not None:
             self.server = None
             server.inflight -= 1
             server.counters.cur_requests -= 1
+            backend = self.backend
+            if backend is not None:
+                done_at = self.response_at or self.client.loop.time()
+                backend.balancer.request_finished(server, done_at - self.dispatched_at)
 
     def _connect_failed(self, server: ServerState, reason: str) -> None:
         backend = self.backend
         assert backend is not None
+        passive.connect_failed(server, reason)
         server.counters.conn_errors += 1
         backend.counters.conn_errors += 1
-        self._release_server()
         log.debug("connect to %s/%s failed: %s", backend.name, server.name, reason)
         if self.retries_left > 0:
+            self._release_server()
             self.retries_left -= 1
             self.retries += 1
             backend.counters.retries += 1
@@ -325,6 +342,9 @@ class Exchange:
             if self.head.version == b"1.1":
                 self.resp_out.append(_head_bytes(status, headers, wire.HOP_BY_HOP, b""))
             return
+        server = self.server
+        if server is not None:
+            passive.response(server, status)
         if status in _RETRY_STATUSES and self._may_resend(str(status)):
             # `retry_on: [502, 503, 504]`: drop this answer and its connection, try again.
             conn = self.upstream
@@ -392,7 +412,9 @@ class Exchange:
         elif not client_11:
             extra_lines += b"Connection: keep-alive\r\n"
         parts += (extra_lines, b"\r\n")
-        self.resp_out.append(b"".join(parts))
+        data = b"".join(parts)
+        self.resp_bytes += len(data)  # HAProxy's bytes_read and bout count the head too
+        self.resp_out.append(data)
         if no_body and status != 101:
             if head.method == b"HEAD" and self.upstream is not None:
                 # llhttp does not know the request was HEAD and would wait for a body.
@@ -475,6 +497,8 @@ class Exchange:
         if not self.resp_started:
             self._retry_or_fail(conn, "empty-response", 502)
             return
+        if self.server is not None:
+            passive.broken(self.server, "server closed mid-response")
         self.term = "SD"
         self._abort_response("server closed mid-response")
 
@@ -486,6 +510,8 @@ class Exchange:
             self.upstream = None
         if self.done:
             return
+        if self.server is not None:
+            passive.broken(self.server, reason)
         self._count_response_error()
         if self.resp_started:
             self.term = "SD"
@@ -501,6 +527,8 @@ class Exchange:
             self.upstream = None
         if self.done:
             return
+        if self.server is not None:
+            passive.timeout(self.server)
         self._count_response_error()
         if self.resp_started:
             self.term = "sD"
@@ -516,6 +544,8 @@ class Exchange:
         the idle-close race: an idempotent request is resent and it does not count as a server
         failure. Otherwise `retry_on: [empty-response]` decides, as in HAProxy."""
         race = conn.reused
+        if not race and self.server is not None:
+            passive.broken(self.server, "empty response")
         if self._may_resend("empty-response", race):
             self._resend(counted=not race)
             return
@@ -641,8 +671,6 @@ class Exchange:
         if log_sink is not None:
             log_sink(self, elapsed)
         if server is not None:
-            if backend is not None:
-                backend.balancer.request_finished(server, elapsed)
             self._release_server()
 
 

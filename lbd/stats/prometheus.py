@@ -10,6 +10,9 @@ Names follow HAProxy's exporter (`haproxy_server_http_responses_total{proxy,serv
 `lbd_server_http_responses_total{backend,server,code}`) and Prometheus conventions: counters end
 in `_total`, units are in the name (`_bytes_`, `_seconds`), `code` is the response class
 (`1xx`…`5xx`, `other`).
+
+The access log's delivery counters (`lbd_access_log_*`) come from the access logs open in this
+process (lbd.logs.access.open_access_logs); they are absent with `log.access: off`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from lbd import __version__
+from lbd.logs.access import AccessLog, open_access_logs
 from lbd.runtime import Runtime, RuntimeHolder
 from lbd.state import ServerState
 from lbd.stats.counters import (
@@ -70,6 +74,7 @@ class LbdCollector(Collector):
         yield from _modules(runtime)
         yield from _backends(runtime)
         yield from _servers(runtime)
+        yield from _access_logs(open_access_logs())
 
 
 def make_registry(holder: RuntimeHolder, started_at: float) -> CollectorRegistry:
@@ -369,3 +374,36 @@ def _one_hot(
         now = current(s)
         for state in states:
             yield (s.backend_name, s.name, state), int(state == now)
+
+
+def _access_logs(logs: Sequence[AccessLog]) -> Iterator[Metric]:
+    """The access log's delivery counters (absent with `log.access: off`)."""
+    if not logs:
+        return
+    yield counter(
+        "lbd_access_log_lines_written_total",
+        "Access-log lines written to the target.",
+        [],
+        [([], sum(a.written for a in logs))],
+    )
+    yield counter(
+        "lbd_access_log_lines_dropped_total",
+        "Access-log lines lost: queue full (the target is too slow) or the target failed.",
+        ["reason"],
+        [
+            (["queue_full"], sum(a.queue_full for a in logs)),
+            (["write_error"], sum(a.write_failed for a in logs)),
+        ],
+    )
+    yield counter(
+        "lbd_access_log_errors_total",
+        "Failed attempts to open or write the access-log target.",
+        [],
+        [([], sum(a.errors for a in logs))],
+    )
+    yield gauge(
+        "lbd_access_log_queued_lines",
+        "Access-log lines waiting for the writer thread.",
+        [],
+        [([], sum(a.queued for a in logs))],
+    )

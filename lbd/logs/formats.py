@@ -1,0 +1,271 @@
+"""Access-log lines: HAProxy's `httplog` layout, or one JSON object per line.
+
+Rules:
+- This runs on the event loop once per request: no strftime per line (the part of a date that
+  changes once a second is cached), no regex unless a byte actually needs escaping, no header
+  scan. A formatter never raises into the proxy: AccessLog catches and counts.
+- Never logged: request or response bodies, header values (Cookie, Authorization…), query
+  values. Patient identifiers travel in URLs, so a query keeps only parameter names that look
+  like names (`?ipp=***&tab=***`); anything else in it becomes `***`.
+- Both formats carry the same facts; only the spelling differs. Timers are milliseconds, -1 for
+  a phase that never happened (as HAProxy logs them).
+
+Timers (HAProxy's definitions, from the Exchange's loop-clock stamps; uvloop's clock ticks in
+milliseconds and is read once per loop iteration, so every timer is good to a millisecond or so):
+  TR  request head received: `headers_at − started_at` once the Exchange class records
+      `headers_at` (checked once, when a formatter is built). Until then TR is approximated as
+      `attached_at − connect_time − started_at` (exact for a first attempt on a pooled or fresh
+      connection; with connect retries it includes the failed attempts), and as Ta for an answer
+      that never reached a server (deny, redirect, no server: answered at headers-complete, so
+      exact; an upper bound after failed connects).
+  Tw  queue wait: 0 (no queue yet) once a backend was chosen, -1 otherwise.
+  Tc  `connect_time`: -1 never connected, 0 for a pooled connection.
+  Tr  server response head: `response_at − attached_at`, -1 without a response.
+  Ta  total, first request byte to the end of the response (the `elapsed` the proxy passes).
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lbd.proxy.exchange import Exchange
+
+# (exchange, elapsed seconds, wall-clock time now) → one line without its newline.
+Formatter = Callable[["Exchange", float, float], str]
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+# Bytes logged as `#XX` (HAProxy's log escaping): controls, space, '"', '#', and non-ASCII, so
+# a line always splits on spaces and the request field always ends at its closing quote.
+_UNSAFE = re.compile(rb'[\x00-\x20"#\x7f-\xff]')
+
+# A query parameter name worth keeping: short, ASCII, at least one letter (`123456=x` is
+# likely an identifier used as a name). Everything else is masked. The lookahead checks for the
+# letter and the possessive `{1,64}+` never gives characters back: a query the client chose
+# cannot make these patterns backtrack across parameters (`(a*a*=)*` style blow-ups).
+_NAME = rb"(?=[^=&]*[A-Za-z])[\w.\-\[\]%]{1,64}+"
+_PARAM_NAME = re.compile(_NAME)
+# Fast path: every value replaced at C speed, then one check that what is left is only names.
+_VALUE = re.compile(rb"=[^&]+")
+_PARAM = rb"(?>%s=(?:\*\*\*)?)" % _NAME
+_ONLY_NAMES = re.compile(rb"%s?(?:&%s?)*+" % (_PARAM, _PARAM))
+MASK = "***"
+MAX_PARAMS = 32  # parameters spelled out; the rest of a longer query becomes one `***`
+
+# The usual methods and versions, decoded once (anything else goes through escape()).
+_WORDS = {w: w.decode() for w in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS",
+                                   b"PATCH", b"1.1", b"1.0")}  # fmt: skip
+
+_NOSRV = "<NOSRV>"
+
+
+class DateCache:
+    """Formats wall-clock times to the millisecond, computing the per-second part once.
+
+    One instance per thread: it is a plain cache without a lock. Local time, as HAProxy logs."""
+
+    __slots__ = ("_http", "_iso", "_offset", "_sec")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._http = ""
+        self._iso = ""
+        self._offset = ""
+
+    def _fill(self, sec: int) -> None:
+        tm = time.localtime(sec)
+        self._sec = sec
+        self._http = (
+            f"{tm.tm_mday:02d}/{MONTHS[tm.tm_mon - 1]}/{tm.tm_year:04d}:"
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+        )
+        self._iso = (
+            f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T"
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+        )
+        off = tm.tm_gmtoff // 60
+        sign = "+" if off >= 0 else "-"
+        self._offset = f"{sign}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
+
+    def httplog(self, t: float) -> str:
+        """`06/Feb/2009:12:14:14.655`"""
+        sec = int(t)
+        if sec != self._sec:
+            self._fill(sec)
+        return f"{self._http}.{int((t - sec) * 1000):03d}"
+
+    def iso(self, t: float) -> str:
+        """`2009-02-06T12:14:14.655+01:00` (RFC 3339, also RFC 5424's TIMESTAMP)."""
+        sec = int(t)
+        if sec != self._sec:
+            self._fill(sec)
+        return f"{self._iso}.{int((t - sec) * 1000):03d}{self._offset}"
+
+
+def escape(raw: bytes) -> str:
+    """Bytes as printable ASCII without spaces, quotes or '#' (`#XX` for each such byte)."""
+    if _UNSAFE.search(raw) is not None:
+        raw = _UNSAFE.sub(lambda m: b"#%02X" % m[0][0], raw)
+    return raw.decode("ascii")
+
+
+def mask_query(query: bytes) -> str:
+    """`id=123&tab=bio&x` → `id=***&tab=***&***`: names kept when they look like names, values
+    never. Empty values stay empty (`a=` tells nothing)."""
+    if query.count(b"&") < MAX_PARAMS:
+        masked = _VALUE.sub(b"=***", query)
+        if _ONLY_NAMES.fullmatch(masked) is not None:
+            return masked.decode("ascii")
+    out: list[str] = []
+    parts = query.split(b"&", MAX_PARAMS)
+    for i, part in enumerate(parts):
+        if i == MAX_PARAMS:
+            out.append(MASK)
+            break
+        name, eq, value = part.partition(b"=")
+        if not part:
+            out.append("")
+        elif eq and _PARAM_NAME.fullmatch(name) is not None:
+            out.append(name.decode("ascii") + ("=" + MASK if value else "="))
+        else:
+            out.append(MASK)
+    return "&".join(out)
+
+
+def word(raw: bytes) -> str:
+    """A method or an HTTP version."""
+    return _WORDS.get(raw) or escape(raw)
+
+
+def logged_path(ex: Exchange) -> str:
+    """The request path, escaped, with its query masked."""
+    head = ex.head
+    path = escape(head.path)
+    if head.query:
+        return f"{path}?{mask_query(head.query)}"
+    # A bare '?' (empty query) is kept: it is what the client sent.
+    return path + "?" if head.target.endswith(b"?") else path
+
+
+def stamps_headers_complete() -> bool:
+    """Does the Exchange record when its head was complete (`headers_at`)? Asked once, when a
+    formatter is built (importing the proxy here, not at load time, avoids an import cycle)."""
+    from lbd.proxy.exchange import Exchange
+
+    return hasattr(Exchange, "headers_at")
+
+
+def timers(ex: Exchange, elapsed: float, exact_tr: bool) -> tuple[int, int, int, int, int]:
+    """(TR, Tw, Tc, Tr, Ta) in ms; see the module docstring for what each measures."""
+    ta = max(int(elapsed * 1000), 0)
+    attached = ex.attached_at
+    headers_at: float = ex.headers_at if exact_tr else 0.0
+    if attached:
+        connect = ex.connect_time
+        tc = int(connect * 1000) if connect >= 0 else -1
+        tr_server = max(int((ex.response_at - attached) * 1000), 0) if ex.response_at else -1
+        if not headers_at:
+            headers_at = attached - max(connect, 0.0)
+    else:
+        tc = tr_server = -1
+    tr = max(int((headers_at - ex.started_at) * 1000), 0) if headers_at else ta
+    return tr, (0 if ex.backend is not None else -1), tc, tr_server, ta
+
+
+def connection_counts(ex: Exchange) -> tuple[int, int, int, int]:
+    """HAProxy's actconn/feconn/beconn/srv_conn when the line is written, this request included:
+    client connections open on all frontends, on this one; requests in progress on the backend
+    (which already counted this one out), on the server (which has not yet)."""
+    fe_conn = ex.fe.counters.conn_cur
+    act = 0
+    for fe in ex.runtime.frontends.values():
+        act += fe.counters.conn_cur
+    backend = ex.backend
+    be = backend.counters.cur_requests + (1 if ex.started else 0) if backend is not None else 0
+    server = ex.server
+    srv = server.counters.cur_requests if server is not None else 0
+    return act, fe_conn, be, srv
+
+
+class HttpLog:
+    """HAProxy's `option httplog` layout, the captured-header block replaced by `{module}`:
+
+    client_ip:port [accept_date] frontend backend/server TR/Tw/Tc/Tr/Ta status bytes_read
+    captured_request_cookie captured_response_cookie termination_state
+    actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue {module} "METHOD path HTTP/x.y"
+
+    Without a backend (deny, redirect), the frontend's name stands in for it, as in HAProxy."""
+
+    __slots__ = ("_dates", "_exact_tr")
+
+    def __init__(self, exact_tr: bool | None = None) -> None:
+        self._dates = DateCache()
+        self._exact_tr = stamps_headers_complete() if exact_tr is None else exact_tr
+
+    def __call__(self, ex: Exchange, elapsed: float, now: float) -> str:
+        client = ex.client
+        fe = ex.fe.name
+        backend = ex.backend.name if ex.backend is not None else fe
+        server = ex.server.name if ex.server is not None else _NOSRV
+        tr, tw, tc, tr_server, ta = timers(ex, elapsed, self._exact_tr)
+        act, fe_conn, be_conn, srv_conn = connection_counts(ex)
+        head = ex.head
+        return (
+            f"{client.peer_ip.decode('ascii', 'replace')}:{client.peer_port} "
+            f"[{self._dates.httplog(now - elapsed)}] {fe} {backend}/{server} "
+            f"{tr}/{tw}/{tc}/{tr_server}/{ta} {ex.status or -1} {ex.resp_bytes} - - {ex.term}-- "
+            f"{act}/{fe_conn}/{be_conn}/{srv_conn}/{ex.retries} 0/0 {{{ex.module}}} "
+            f'"{word(head.method)} {logged_path(ex)} HTTP/{word(head.version)}"'
+        )
+
+
+# The C string encoder behind json.dumps: quotes and escapes one string (ASCII output).
+_js: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+class JsonLog:
+    """One JSON object per line, the httplog facts with explicit names; no backend/server is
+    `null` here (httplog spells them as HAProxy does). Built as one f-string, every string
+    through the C encoder: about twice as fast as json.dumps of a dict."""
+
+    __slots__ = ("_dates", "_exact_tr")
+
+    def __init__(self, exact_tr: bool | None = None) -> None:
+        self._dates = DateCache()
+        self._exact_tr = stamps_headers_complete() if exact_tr is None else exact_tr
+
+    def __call__(self, ex: Exchange, elapsed: float, now: float) -> str:
+        client = ex.client
+        tr, tw, tc, tr_server, ta = timers(ex, elapsed, self._exact_tr)
+        act, fe_conn, be_conn, srv_conn = connection_counts(ex)
+        head = ex.head
+        backend = _js(ex.backend.name) if ex.backend is not None else "null"
+        server = _js(ex.server.name) if ex.server is not None else "null"
+        return (
+            f'{{"client_ip":{_js(client.peer_ip.decode("ascii", "replace"))},'
+            f'"client_port":{client.peer_port},'
+            f'"accept_date":"{self._dates.iso(now - elapsed)}",'
+            f'"frontend":{_js(ex.fe.name)},"backend":{backend},"server":{server},'
+            f'"module":{_js(ex.module)},'
+            f'"tr":{tr},"tw":{tw},"tc":{tc},"tr_server":{tr_server},"ta":{ta},'
+            f'"status":{ex.status or -1},"bytes_read":{ex.resp_bytes},'
+            f'"bytes_uploaded":{ex.req_body_bytes},"termination_state":{_js(ex.term + "--")},'
+            f'"actconn":{act},"feconn":{fe_conn},"beconn":{be_conn},"srv_conn":{srv_conn},'
+            f'"retries":{ex.retries},"srv_queue":0,"backend_queue":0,'
+            f'"method":{_js(word(head.method))},"path":{_js(logged_path(ex))},'
+            f'"http_version":{_js(word(head.version))}}}'
+        )
+
+
+def make_formatter(fmt: str) -> Formatter:
+    if fmt == "json":
+        return JsonLog()
+    if fmt == "httplog":
+        return HttpLog()
+    raise ValueError(f"unknown access log format {fmt!r}")
