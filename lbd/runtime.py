@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from lbd.balancing.base import Balancer
 from lbd.balancing.keys import KeyExtractor, key_extractor
@@ -23,6 +25,9 @@ from lbd.proxy.connpool import ConnPool
 from lbd.routing.router import Router
 from lbd.state import ServerState
 from lbd.stats.counters import BackendCounters, FrontendCounters, TrafficCounters
+
+if TYPE_CHECKING:
+    from lbd.proxy.exchange import Exchange
 
 log = logging.getLogger("lbd.runtime")
 
@@ -38,6 +43,8 @@ class BackendRuntime:
         "host_header",
         "key_of",
         "name",
+        "queue",
+        "queue_limit",
         "servers",
     )
 
@@ -53,6 +60,12 @@ class BackendRuntime:
         self.balancer: Balancer = make_balancer(config.balance, self.active)
         # Hash algorithms get their key from the request; the algorithm never parses HTTP.
         self.key_of: KeyExtractor | None = key_extractor(config.balance)
+        # Requests waiting for a slot when every usable server is at its maxconn, oldest first
+        # (HAProxy's backend queue). Bounded by the servers' maxqueue when all set one, and by
+        # timeouts.queue in any case.
+        self.queue: deque[Exchange] = deque()
+        limits = [s.config.maxqueue for s in servers]
+        self.queue_limit = sum(limits) if limits and all(limits) else 0
         self.counters = counters
         self._no_server_logged = False
 
@@ -72,6 +85,37 @@ class BackendRuntime:
         else:
             self._no_server_logged = False
         return server
+
+    def pick_with_room(
+        self, key: bytes | None, avoid: ServerState | None
+    ) -> tuple[ServerState | None, bool]:
+        """(server, False) for a server below its maxconn; (None, True) when usable servers
+        exist but all are full (the request should wait); (None, False) when none is usable."""
+        server = self.pick(key, avoid)
+        if server is not None and server.has_room():
+            return server, False
+        if server is not None:
+            # Full: look further, skipping it (O(n) only while servers are saturated).
+            for _ in range(len(self.servers)):
+                other = self.balancer.pick(key, server)
+                if other is None or other is server:
+                    break
+                if other.has_room():
+                    return other, False
+                server = other
+        usable = [s for s in self.servers if s.usable()]
+        if usable and not any(s.has_room() for s in usable):
+            return None, True
+        return (server if server is not None and server.has_room() else None), False
+
+    def wake_one(self) -> None:
+        """A slot was freed: the oldest waiting request tries again."""
+        queue = self.queue
+        while queue:
+            ex = queue.popleft()
+            self.counters.queue_cur -= 1
+            if ex.leave_queue():
+                return
 
     def _pick_backup(self, avoid: ServerState | None) -> ServerState | None:
         usable = [s for s in self.backups if s.usable()]

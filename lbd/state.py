@@ -56,6 +56,11 @@ class ServerState:
     def identity(self) -> tuple[str, str]:
         return (self.backend_name, self.name)
 
+    def has_room(self) -> bool:
+        """Below `maxconn` (0: unlimited)? A full server is skipped; if all are, requests wait."""
+        maxconn = self.config.maxconn
+        return maxconn == 0 or self.inflight < maxconn
+
     def usable(self) -> bool:
         """May the balancer send new traffic here?"""
         return self.up and self.admin == "ready" and self.weight > 0

@@ -175,7 +175,12 @@ def timers(ex: Exchange, elapsed: float, exact_tr: bool) -> tuple[int, int, int,
     else:
         tc = tr_server = -1
     tr = max(int((headers_at - ex.started_at) * 1000), 0) if headers_at else ta
-    return tr, (0 if ex.backend is not None else -1), tc, tr_server, ta
+    tw = int(ex.queue_wait * 1000) if ex.backend is not None else -1
+    return tr, tw, tc, tr_server, ta
+
+
+def _backend_queue(ex: Exchange) -> int:
+    return ex.backend.counters.queue_cur if ex.backend is not None else 0
 
 
 def connection_counts(ex: Exchange) -> tuple[int, int, int, int]:
@@ -220,7 +225,8 @@ class HttpLog:
             f"{client.peer_ip.decode('ascii', 'replace')}:{client.peer_port} "
             f"[{self._dates.httplog(now - elapsed)}] {fe} {backend}/{server} "
             f"{tr}/{tw}/{tc}/{tr_server}/{ta} {ex.status or -1} {ex.resp_bytes} - - {ex.term}-- "
-            f"{act}/{fe_conn}/{be_conn}/{srv_conn}/{ex.retries} 0/0 {{{ex.module}}} "
+            f"{act}/{fe_conn}/{be_conn}/{srv_conn}/{ex.retries} 0/{_backend_queue(ex)} "
+            f"{{{ex.module}}} "
             f'"{word(head.method)} {logged_path(ex)} HTTP/{word(head.version)}"'
         )
 
@@ -257,7 +263,7 @@ class JsonLog:
             f'"status":{ex.status or -1},"bytes_read":{ex.resp_bytes},'
             f'"bytes_uploaded":{ex.req_body_bytes},"termination_state":{_js(ex.term + "--")},'
             f'"actconn":{act},"feconn":{fe_conn},"beconn":{be_conn},"srv_conn":{srv_conn},'
-            f'"retries":{ex.retries},"srv_queue":0,"backend_queue":0,'
+            f'"retries":{ex.retries},"srv_queue":0,"backend_queue":{_backend_queue(ex)},'
             f'"method":{_js(word(head.method))},"path":{_js(logged_path(ex))},'
             f'"http_version":{_js(word(head.version))}}}'
         )

@@ -85,6 +85,9 @@ class Exchange:
         "head",
         "headers_at",
         "module",
+        "queue_timer",
+        "queue_wait",
+        "queued_at",
         "rechunk",
         "replay",
         "replay_bytes",
@@ -135,6 +138,9 @@ class Exchange:
         self.retries_left = 0
         self.hash_key: bytes | None = None  # extracted once; retries reuse it
         self.dispatched_at = 0.0
+        self.queue_timer: asyncio.TimerHandle | None = None  # waiting for a server slot
+        self.queued_at = 0.0
+        self.queue_wait = 0.0  # seconds spent in the backend queue (HAProxy's Tw)
         # --- request body, client → server
         self.req_out: list[bytes] = []
         self.replay: list[bytes] | None = []
@@ -208,7 +214,10 @@ class Exchange:
     def _dispatch(self, avoid: ServerState | None) -> None:
         backend = self.backend
         assert backend is not None
-        server = backend.pick(self.hash_key, avoid)
+        server, all_full = backend.pick_with_room(self.hash_key, avoid)
+        if server is None and all_full:
+            self._enter_queue(backend)
+            return
         if server is None:
             backend.counters.no_server += 1
             self.term = "SC"
@@ -231,6 +240,48 @@ class Exchange:
         else:
             self.connecting = True
             asyncio.get_running_loop().create_task(self._connect(server))
+
+    def _enter_queue(self, backend: BackendRuntime) -> None:
+        """Every usable server is at its maxconn: wait, oldest first, up to timeouts.queue."""
+        bc = backend.counters
+        if backend.queue_limit and len(backend.queue) >= backend.queue_limit:
+            self.term = "sQ"
+            self.reply_local(503, wire.error_response(503, True))
+            return
+        backend.queue.append(self)
+        bc.queue_cur += 1
+        if bc.queue_cur > bc.queue_max:
+            bc.queue_max = bc.queue_cur
+        loop = self.client.loop
+        self.queued_at = loop.time()
+        self.queue_timer = loop.call_later(backend.config.timeouts.queue, self._queue_timeout)
+
+    def leave_queue(self) -> bool:
+        """Called by the backend when a slot frees; False if this request is gone already."""
+        timer = self.queue_timer
+        if timer is not None:
+            timer.cancel()
+            self.queue_timer = None
+        if self.done:
+            return False
+        self.queue_wait += self.client.loop.time() - self.queued_at
+        self._dispatch(None)
+        return True
+
+    def _queue_timeout(self) -> None:
+        self.queue_timer = None
+        backend = self.backend
+        if backend is None or self.done:
+            return
+        try:
+            backend.queue.remove(self)
+        except ValueError:
+            return
+        backend.counters.queue_cur -= 1
+        backend.counters.queue_timeouts += 1
+        self.queue_wait += self.client.loop.time() - self.queued_at
+        self.term = "sQ"
+        self.reply_local(503, wire.error_response(503, True))
 
     async def _connect(self, server: ServerState) -> None:
         backend = self.backend
@@ -278,6 +329,8 @@ class Exchange:
             if backend is not None:
                 done_at = self.response_at or self.client.loop.time()
                 backend.balancer.request_finished(server, done_at - self.dispatched_at)
+                if backend.queue:
+                    backend.wake_one()
 
     def _connect_failed(self, server: ServerState, reason: str) -> None:
         backend = self.backend
@@ -596,6 +649,14 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        if self.queue_timer is not None and self.backend is not None:
+            self.queue_timer.cancel()
+            self.queue_timer = None
+            try:
+                self.backend.queue.remove(self)
+                self.backend.counters.queue_cur -= 1
+            except ValueError:
+                pass
         # The client left: before the head was complete (R), while we waited for the server
         # (H), or while the response was flowing (D).
         self.term = "CD" if self.resp_started else ("CH" if self.req_done else "CR")

@@ -112,10 +112,22 @@ class FrontendCounters(TrafficCounters):
 
 
 class BackendCounters(TrafficCounters):
-    __slots__ = ("conn_errors", "no_server", "redispatches", "response_errors", "retries")
+    __slots__ = (
+        "conn_errors",
+        "no_server",
+        "queue_cur",
+        "queue_max",
+        "queue_timeouts",
+        "redispatches",
+        "response_errors",
+        "retries",
+    )
 
     def __init__(self) -> None:
         super().__init__()
+        self.queue_cur = 0  # requests waiting for a server slot (maxconn)
+        self.queue_max = 0
+        self.queue_timeouts = 0
         self.conn_errors = 0
         self.response_errors = 0
         self.retries = 0
