@@ -212,7 +212,12 @@ def build_runtime(
             states.append(state)
         old_backend = previous.backends.get(b.name) if previous is not None else None
         counters = old_backend.counters if old_backend is not None else BackendCounters()
-        backends[b.name] = BackendRuntime(b, states, counters)
+        backend = BackendRuntime(b, states, counters)
+        if old_backend is not None:
+            # Requests waiting for a slot stay in one queue across the swap: whichever snapshot
+            # frees a slot wakes the oldest of them.
+            backend.queue = old_backend.queue
+        backends[b.name] = backend
 
     frontends: dict[str, FrontendRuntime] = {}
     for f in cfg.frontends:

@@ -8,7 +8,6 @@ proxy); `@` at the start of the path means Linux's abstract socket namespace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ class Notifier:
         path = env.get("NOTIFY_SOCKET", "")
         self._address = "\0" + path[1:] if path.startswith("@") else path
         self._watchdog_task: asyncio.Task[None] | None = None
+        self._last_warning = -60.0
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())
@@ -38,9 +38,15 @@ class Notifier:
         message = "\n".join(fields).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the event loop: a receiver that does not read (its queue holds
+                # ~10 datagrams) must cost a lost notification, not a stalled proxy.
+                sock.setblocking(False)
                 sock.sendto(message, self._address)
         except OSError as exc:
-            log.warning("sd_notify to %s failed: %s", self._address.lstrip("\0"), exc)
+            now = time.monotonic()
+            if now - self._last_warning >= 60.0:
+                self._last_warning = now
+                log.warning("sd_notify to %s failed: %s", self._address.lstrip("\0"), exc)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
@@ -71,5 +77,4 @@ class Notifier:
     def stop_watchdog(self) -> None:
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
-            with contextlib.suppress(Exception):
-                self._watchdog_task = None
+            self._watchdog_task = None

@@ -23,6 +23,7 @@ from lbd.config.schema import Address, Config
 from lbd.errors import ConfigErrors
 from lbd.health.manager import HealthManager
 from lbd.logs.access import AccessLog
+from lbd.process.systemd import Notifier
 from lbd.proxy.client import ClientConnection
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
 
@@ -72,6 +73,7 @@ class Worker:
         self._admin: object | None = None
         self._stats: object | None = None
         self.health = HealthManager()
+        self.notifier = Notifier()  # sd_notify; a no-op outside systemd
 
     @property
     def runtime(self) -> Runtime:
@@ -93,6 +95,8 @@ class Worker:
         # rescanning it on every young-generation collection.
         gc.collect()
         gc.freeze()
+        self.notifier.ready(self.status_line())
+        self.notifier.start_watchdog()
 
     async def _open_listeners(self, cfg: Config) -> list[str]:
         """Bind addresses that are new in `cfg`; all or nothing (StartError)."""
@@ -184,36 +188,53 @@ class Worker:
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the configuration file. (False, errors) leaves everything as it was."""
-        from lbd.config.load import load_config
 
         async with self._reload_lock:
-            path = self.config.path
-            loop = asyncio.get_running_loop()
+            self.notifier.reloading()
             try:
-                # File I/O and YAML parsing off the loop: requests keep flowing meanwhile.
-                new_cfg = await loop.run_in_executor(None, load_config, path)
-            except ConfigErrors as errors:
-                for err in errors.errors:
-                    log.error("reload rejected: %s", err)
-                return False, "\n".join(str(e) for e in errors.errors)
-            try:
-                added = await self._open_listeners(new_cfg)
-            except StartError as exc:
-                log.error("reload rejected: %s", exc)
-                return False, str(exc)
-            old = self.runtime
-            new = build_runtime(new_cfg, old, loop)
-            assert self.holder is not None
-            self.holder.runtime = new  # the swap: one assignment
-            self.health.reload(old, new)  # same tick: no request sees unconfigured health
-            self.config = new_cfg
-            removed = self._close_removed_listeners(new_cfg)
-            for identity, state in old.servers.items():
-                if identity not in new.servers or new.servers[identity] is not state:
-                    state.pool.close_idle()
-            changes = [*added, *removed, *describe_changes(old.config, new_cfg)]
-            log.info("configuration reloaded (generation %d)", new.generation)
-            return True, "\n".join(changes) if changes else "no change"
+                return await self._reload()
+            finally:
+                self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what is serving, and how healthy."""
+        rt = self.runtime
+        up = sum(1 for s in rt.servers.values() if s.usable())
+        return (
+            f"generation {rt.generation}: {len(self.listeners)} listeners, "
+            f"{up}/{len(rt.servers)} servers usable"
+        )
+
+    async def _reload(self) -> tuple[bool, str]:
+        from lbd.config.load import load_config
+
+        path = self.config.path
+        loop = asyncio.get_running_loop()
+        try:
+            # File I/O and YAML parsing off the loop: requests keep flowing meanwhile.
+            new_cfg = await loop.run_in_executor(None, load_config, path)
+        except ConfigErrors as errors:
+            for err in errors.errors:
+                log.error("reload rejected: %s", err)
+            return False, "\n".join(str(e) for e in errors.errors)
+        try:
+            added = await self._open_listeners(new_cfg)
+        except StartError as exc:
+            log.error("reload rejected: %s", exc)
+            return False, str(exc)
+        old = self.runtime
+        new = build_runtime(new_cfg, old, loop)
+        assert self.holder is not None
+        self.holder.runtime = new  # the swap: one assignment
+        self.health.reload(old, new)  # same tick: no request sees unconfigured health
+        self.config = new_cfg
+        removed = self._close_removed_listeners(new_cfg)
+        for identity, state in old.servers.items():
+            if identity not in new.servers or new.servers[identity] is not state:
+                state.pool.close_idle()
+        changes = [*added, *removed, *describe_changes(old.config, new_cfg)]
+        log.info("configuration reloaded (generation %d)", new.generation)
+        return True, "\n".join(changes) if changes else "no change"
 
     def _close_removed_listeners(self, cfg: Config) -> list[str]:
         wanted = {addr for fe in cfg.frontends for addr in fe.bind}
@@ -250,6 +271,8 @@ class Worker:
             s.counters.cur_requests = in_flight
 
     async def graceful_stop(self) -> None:
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
         log.info("stopping: closing listeners, finishing in-flight requests")
         for listener in self.listeners.values():
             if listener.server is not None:
