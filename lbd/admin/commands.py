@@ -180,6 +180,9 @@ async def cmd_set_server(worker: Worker, args: list[str]) -> str:
             raise CommandError(f"state must be one of {', '.join(ADMIN_STATES)}, got {args[2]!r}")
         old = server.admin
         server.admin = args[2]
+        if old == "maint" and server.admin != "maint":
+            # Leaving maintenance is a return to service: ramp in like a server coming up.
+            worker.health.slowstarts.begin(server, backend.balancer.server_changed)
         backend.balancer.server_changed(server)
         return f"{args[0]} state {old} -> {server.admin}"
     try:

@@ -23,6 +23,7 @@ import functools
 import logging
 import random
 
+from lbd.balancing.slowstart import SlowStarts
 from lbd.config.schema import Backend, HealthCheck, Observe, Server
 from lbd.health.active import Checker, stop_all
 from lbd.health.passive import Observer
@@ -51,6 +52,7 @@ class HealthManager:
         self._checkers: dict[ServerState, Checker] = {}
         self._stopping: list[asyncio.Task[None]] = []
         self._rng = rng if rng is not None else random.Random()
+        self.slowstarts = SlowStarts()  # weight ramps of servers that came back (slowstart)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -66,6 +68,7 @@ class HealthManager:
 
     async def stop(self) -> None:
         """Stop every check task and wait for them to end."""
+        self.slowstarts.stop_all()
         for server in list(self._checkers):
             self._stop_checker(server)
         tasks, self._stopping = self._stopping, []
@@ -195,7 +198,9 @@ class HealthManager:
                 active,
                 backup,
             )
+            self.slowstarts.begin(server, be.balancer.server_changed)
         else:
+            self.slowstarts.stop(server)
             level = logging.WARNING if active + backup else logging.ERROR
             log.log(
                 level,
