@@ -118,11 +118,12 @@ backend b
 """
 
 
-def lbd(port: int, backend_port: int) -> str:
-    """The smallest lbd file (CONTRACT.md) with the access log off ("off" quoted: YAML 1.1)."""
+def lbd(port: int, backend_port: int, access: str = "off") -> str:
+    """The smallest lbd file (CONTRACT.md); the access log off ("off" quoted: YAML 1.1) unless
+    `access` names a file."""
     return f"""global:
   log:
-    access: "off"
+    access: "{access}"
 frontends:
   bench:
     bind: ["127.0.0.1:{port}"]

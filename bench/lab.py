@@ -19,6 +19,8 @@ import configs
 from procs import StartError, Supervisor, free_port, usable_cpus, wait_port
 
 PROXIES = ("lbd", "haproxy", "nginx", "direct")
+# Not in the default run: lbd writing an httplog access line per request to a file.
+EXTRA_PROXIES = ("lbd-log",)
 REPO = Path(__file__).resolve().parent.parent
 # `python -m lbd` must find this checkout's package even in a venv without `pip install -e .`.
 LBD_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -93,7 +95,8 @@ class Lab:
     # --- helpers --------------------------------------------------------------------------
 
     def _start(self, name: str, argv: list[str], cpu: int | None, port: int) -> int:
-        proc = self.supervisor.spawn(name, argv, cpu, LBD_ENV if name == "lbd" else None)
+        env = LBD_ENV if name.startswith("lbd") else None
+        proc = self.supervisor.spawn(name, argv, cpu, env)
         try:
             wait_port(port, proc)
         except StartError as e:
@@ -103,13 +106,15 @@ class Lab:
     def _proxy_argv(self, name: str, port: int) -> list[str]:
         builders: dict[str, Callable[[int], list[str]]] = {
             "lbd": self._lbd_argv,
+            "lbd-log": self._lbd_log_argv,
             "haproxy": self._haproxy_argv,
             "nginx": lambda p: self._nginx_argv(
                 "proxy", configs.nginx_proxy(self.workdir, p, self.backend_port, self.nofile)
             ),
         }
         if name not in builders:
-            raise ValueError(f"unknown proxy {name!r}; choose from {', '.join(PROXIES)}")
+            choices = ", ".join(PROXIES + EXTRA_PROXIES)
+            raise ValueError(f"unknown proxy {name!r}; choose from {choices}")
         return builders[name](port)
 
     def _write(self, filename: str, text: str) -> Path:
@@ -129,6 +134,11 @@ class Lab:
 
     def _lbd_argv(self, port: int) -> list[str]:
         conf = self._write("lbd.yaml", configs.lbd(port, self.backend_port))
+        return [sys.executable, "-m", "lbd", "run", "-c", str(conf)]
+
+    def _lbd_log_argv(self, port: int) -> list[str]:
+        log = self.workdir / "lbd-access.log"
+        conf = self._write("lbd-log.yaml", configs.lbd(port, self.backend_port, access=str(log)))
         return [sys.executable, "-m", "lbd", "run", "-c", str(conf)]
 
 

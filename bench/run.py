@@ -29,7 +29,7 @@ import rss
 import syscalls
 import throughput
 import wrk
-from lab import PROXIES, REPO, Endpoint, Lab, Placement, tool
+from lab import EXTRA_PROXIES, PROXIES, REPO, Endpoint, Lab, Placement, tool
 from procs import StartError, busy_percent, usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.duration = 1, 3.0
-    args.proxies = _choose(p, args.proxies, PROXIES, "proxy")
+    args.proxies = _choose(p, args.proxies, PROXIES + EXTRA_PROXIES, "proxy")
     args.scenarios = [
         s for s in throughput.SCENARIOS
         if s.key in _choose(p, args.scenarios, [s.key for s in throughput.SCENARIOS], "scenario")
