@@ -59,9 +59,16 @@ class Daemon:
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", port), timeout=0.5),
             ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"lbd did not start:\n{self.err.read_text()}")
+        admin = self.config["global"].get("admin_socket")
+        for _ in range(200):  # the admin socket opens just after the listeners
+            if admin is None or Path(admin).exists():
                 return
             await asyncio.sleep(0.05)
-        raise AssertionError(f"lbd did not start:\n{self.err.read_text()}")
+        raise AssertionError(f"no admin socket:\n{self.err.read_text()}")
 
     def lbd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

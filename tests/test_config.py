@@ -367,6 +367,51 @@ def test_multiple_errors_are_reported_together_sorted_by_line() -> None:
     ]
 
 
+def test_allowed_methods() -> None:
+    base = """
+        frontends:
+          web:
+            bind: 127.0.0.1:8080
+            default_backend: app
+            {line}
+        backends:
+          app:
+            servers: [{{name: a, address: 127.0.0.1:9001}}]
+        """
+    (web,) = load(base.format(line="")).frontends
+    assert web.allowed_methods == ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+    (web,) = load(base.format(line="allowed_methods: [GET, PROPFIND, GET, M-SEARCH]")).frontends
+    assert web.allowed_methods == ("GET", "PROPFIND", "M-SEARCH")
+    (web,) = load(base.format(line="allowed_methods: GET")).frontends
+    assert web.allowed_methods == ("GET",)
+    assert errors(base.format(line="allowed_methods: [GET, CONNECT, post, FOO]")) == [
+        "conf/x.yaml:5: frontends.web.allowed_methods[1]: "
+        "CONNECT is never served: lbd is not a forward proxy",
+        "conf/x.yaml:5: frontends.web.allowed_methods[2]: "
+        "methods are case-sensitive: did you mean 'POST'?",
+        "conf/x.yaml:5: frontends.web.allowed_methods[3]: expected one of GET, HEAD, POST, PUT, "
+        "DELETE, OPTIONS, TRACE, PATCH, COPY, LOCK, MKCOL, MOVE, PROPFIND, PROPPATCH, SEARCH, "
+        "UNLOCK, BIND, REBIND, UNBIND, ACL, REPORT, MKACTIVITY, CHECKOUT, MERGE, M-SEARCH, NOTIFY, "
+        "SUBSCRIBE, UNSUBSCRIBE, PURGE, MKCALENDAR, LINK, UNLINK, SOURCE, QUERY, got 'FOO'",
+    ]
+    assert errors(base.format(line="allowed_methods: []")) == [
+        "conf/x.yaml:5: frontends.web.allowed_methods: must list at least one method"
+    ]
+
+
+def test_allowed_methods_are_the_ones_the_parser_reads() -> None:
+    """Every method the configuration accepts must get through httptools' request line."""
+    import httptools
+
+    from lbd.config.load import _PARSER_METHODS
+
+    class Sink:
+        pass
+
+    for method in _PARSER_METHODS:
+        httptools.HttpRequestParser(Sink()).feed_data(f"{method} / HTTP/1.1\r\n\r\n".encode())
+
+
 def test_two_frontends_may_not_bind_the_same_address() -> None:
     assert errors("""
         global:

@@ -110,6 +110,7 @@ _FRONTEND_KEYS = (
     "tls",
     "url_policy",
     "url_policy_dry_run",
+    "allowed_methods",
     "modules",
     "rules",
     "timeouts",
@@ -157,6 +158,14 @@ _ON_ERROR: tuple[_OnError, ...] = ("fastinter", "fail-check", "sudden-death", "m
 _COOKIE_MODES: tuple[Literal["insert", "rewrite", "prefix"], ...] = ("insert", "rewrite", "prefix")
 _SAMESITE: tuple[Literal["Strict", "Lax", "None"], ...] = ("Strict", "Lax", "None")
 _TABLE_ON: tuple[Literal["src", "cookie"], ...] = ("src", "cookie")
+# The methods lbd's request parser (llhttp 9) reads in an HTTP request line; any other word is
+# refused by the parser itself, so an allow-list may only name these. CONNECT is never served.
+_PARSER_METHODS = (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "COPY", "LOCK", "MKCOL",
+    "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL",
+    "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE",
+    "UNSUBSCRIBE", "PURGE", "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "QUERY",
+)  # fmt: skip
 _RETRY_ON = ("conn-failure", "empty-response", "response-timeout", "502", "503", "504")
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 # Algorithms that take no argument, then those that need a NAME: `hdr(X-Patient-Id)`.
@@ -935,11 +944,33 @@ def _frontend(
         tls=_tls(reader, f.child("tls")),
         url_policy=f.get("url_policy", _one_of(_URL_POLICIES), _FRONTEND.url_policy),
         url_policy_dry_run=f.get("url_policy_dry_run", _boolean, _FRONTEND.url_policy_dry_run),
+        allowed_methods=_allowed_methods(reader, f.child("allowed_methods")),
         modules=_modules(reader, f.child("modules")),
         rules=tuple(_rules(reader, f.child("rules"), backend_names)),
         timeouts=_timeouts(reader, f.child("timeouts"), defaults.timeouts),
         maxconn=f.get("maxconn", _integer(0), defaults.maxconn),
     )
+
+
+def _allowed_methods(reader: _Reader, item: _Item | None) -> tuple[str, ...]:
+    """`allowed_methods: [GET, POST, …]`: the methods served; any other gets 501."""
+    if item is None:
+        return _FRONTEND.allowed_methods
+    methods = tuple(dict.fromkeys(reader.list_of(item, _method, single_ok=True)))
+    if isinstance(item.value, list) and not item.value:
+        reader.error(item.line, item.path, "must list at least one method")
+    return methods
+
+
+def _method(item: _Item) -> str:
+    text = _string(item)
+    if text == "CONNECT":
+        raise ValueError("CONNECT is never served: lbd is not a forward proxy")
+    if text not in _PARSER_METHODS:
+        if text.upper() in _PARSER_METHODS:
+            raise ValueError(f"methods are case-sensitive: did you mean '{text.upper()}'?")
+        raise ValueError(_expected_one_of(_PARSER_METHODS, text))
+    return text
 
 
 def _binds(reader: _Reader, f: _Fields, bound: list[_Bound]) -> tuple[Address, ...]:

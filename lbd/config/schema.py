@@ -150,6 +150,11 @@ class TlsConfig:
     key: str
 
 
+# RFC 9110 §9.3 methods and PATCH (RFC 5789); TRACE (cross-site tracing) and CONNECT are not
+# served by default. `allowed_methods` widens or narrows it per frontend (→ 501 otherwise).
+DEFAULT_ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+
+
 @dataclass(frozen=True, slots=True)
 class Frontend:
     name: str
@@ -158,6 +163,7 @@ class Frontend:
     tls: TlsConfig | None = None
     url_policy: UrlPolicy = "reject"
     url_policy_dry_run: bool = False  # YAML: `url_policy_dry_run: true` records "would reject"
+    allowed_methods: tuple[str, ...] = DEFAULT_ALLOWED_METHODS  # others → 501
     modules: tuple[Module, ...] = ()
     rules: tuple[Rule, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)

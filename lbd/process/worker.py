@@ -263,6 +263,7 @@ class Worker:
             fe.counters.conn_cur = open_connections
             for mc in fe.module_counters.values():
                 TrafficCounters.__init__(mc)
+            fe.captures.clear()
         for be in rt.backends.values():
             BackendCounters.__init__(be.counters)
         for s in rt.servers.values():

@@ -6,6 +6,16 @@ order: one is active, pipelined ones wait in `_queue` (bounded: reading pauses w
 Reading is paused for three independent reasons (server leg full, connecting with a large
 buffered body, pipeline queue full) and resumes only when none holds. After a framing error
 nothing more is parsed from this connection: the error is answered in turn, then it closes.
+
+Request inspection (lbd.http.inspect, lbd.http.target) runs at headers-complete: framing, Host,
+version and method first, then the request-target, whose clean common case costs one translate.
+A target with violations is classified into its module (on the normalized path) and that
+module's url_policy decides: reject (400), log (forward unchanged), normalize (forward the
+normalized target; reject what cannot be made safe), or "would reject" under dry-run. Every
+malformed request is counted by reason (`counters.malformed`) and recorded, masked, in the
+frontend's capture store. A request body must progress by BODY_MIN_RATE bytes/s over each
+window of min(BODY_RATE_WINDOW, timeouts.client) while lbd is reading it (→ 408), so a client
+trickling a byte every few seconds cannot hold a connection and a server slot forever.
 """
 
 from __future__ import annotations
@@ -13,16 +23,42 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from lbd.errors import BadRequest, BodyTooLarge, HeadersTooLarge, UriTooLong
+from lbd.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    UriTooLong,
+    VersionNotSupported,
+)
 from lbd.http import wire
 from lbd.http.head import RequestHead
-from lbd.http.inspect import classify
+from lbd.http.inspect import (
+    HeadRejected,
+    TargetRejected,
+    classify,
+    inspect_target,
+    is_http09,
+    locate_parse_error,
+    other_protocol,
+    parser_error,
+)
+from lbd.http.target import TargetReport
+from lbd.inspect import mask
+from lbd.inspect.store import (
+    LOGGED,
+    NO_MODULE,
+    NORMALIZED,
+    REJECTED,
+    WOULD_REJECT,
+    Sample,
+)
 from lbd.proxy.exchange import Exchange
 from lbd.proxy.timer import Deadline
 
@@ -41,6 +77,12 @@ PAUSE_ERROR = 8  # a framing error: nothing more will be read
 
 MAX_PIPELINE = 32
 
+# Minimum request-body rate while lbd reads it: Apache mod_reqtimeout's default MinRate (500
+# bytes/s), judged over windows of min(BODY_RATE_WINDOW, timeouts.client). nginx and HAProxy
+# only bound the time between two reads (client_body_timeout, timeout client).
+BODY_MIN_RATE = 500
+BODY_RATE_WINDOW = 10.0
+
 # Connection phases, for choosing the timeout that applies.
 IDLE = 0  # between requests: timeouts.keep_alive, closed silently
 HEADERS = 1  # reading a request head: timeouts.http_request → 408
@@ -52,21 +94,30 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_active",
         "_closing",
+        "_data",
         "_fe",
         "_frontend_name",
+        "_head",
         "_header_bytes",
         "_headers",
         "_holder",
+        "_in_message",
+        "_message_at_start",
         "_parser",
         "_parsing",
         "_pause",
         "_peer_ip_obj",
         "_phase",
         "_queue",
+        "_rate_ex",
+        "_rate_handle",
+        "_rate_mark",
+        "_rate_paused",
         "_raw_left",
         "_started_at",
         "_tunnel",
         "_url",
+        "_url_chunk",
         "_writing_paused",
         "access_log",
         "deadline",
@@ -116,6 +167,18 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._started_at = 0.0
+        self._head: RequestHead | None = None  # once headers-complete was reached
+        # --- for inspection records: the bytes being parsed, and whether the current message
+        # began at their first byte (then a parser error can be located and excerpted)
+        self._data = b""
+        self._url_chunk = b""  # the read in which the target ended
+        self._in_message = False
+        self._message_at_start = False
+        # --- request-body rate (see BODY_MIN_RATE)
+        self._rate_handle: asyncio.TimerHandle | None = None
+        self._rate_ex: Exchange | None = None
+        self._rate_mark = 0
+        self._rate_paused = False
 
     # asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -149,12 +212,16 @@ class ClientConnection(asyncio.Protocol):
         if self._phase == IDLE:
             self._phase = HEADERS
             self.deadline.set(self._fe.timeouts.http_request)
+        self._message_at_start = not self._in_message
         self._feed(data)
         ex = self._parsing
-        if ex is not None and ex.head.content_length and not ex.req_done and not self._closing:
-            # The rest of a Content-Length body comes in later reads: relay them as they are,
-            # without httptools copying every chunk through on_body.
-            self._raw_left = ex.head.content_length - ex.req_body_bytes
+        if ex is not None and not self._closing:
+            if ex.head.content_length and not ex.req_done:
+                # The rest of a Content-Length body comes in later reads: relay them as they
+                # are, without httptools copying every chunk through on_body.
+                self._raw_left = ex.head.content_length - ex.req_body_bytes
+            if self._rate_handle is None:
+                self._arm_rate_check(ex)
         if self._phase == HEADERS:
             # A head still incomplete: bound what it may grow to (an upper bound, since this
             # read may also hold the end of a previous pipelined request).
@@ -162,6 +229,11 @@ class ClientConnection(asyncio.Protocol):
             limits = self._fe.limits
             if self._header_bytes > limits.max_header_bytes + limits.max_uri_bytes + 1024:
                 self._bad_request(HeadersTooLarge("headers-too-large"))
+                return
+            url = self._url
+            if url and not self._headers and data[-1:] == b"\n" and is_http09(data, url):
+                # `GET /` CRLF: llhttp waits for headers an HTTP/0.9 client never sends.
+                self._bad_request(VersionNotSupported("http09", "HTTP/0.9"), data)
                 return
         ex = self._active
         if ex is not None:
@@ -188,6 +260,7 @@ class ClientConnection(asyncio.Protocol):
         return data[left:] if n > left else b""
 
     def _feed(self, data: bytes) -> None:
+        self._data = data
         while True:
             try:
                 self._parser.feed_data(data)
@@ -203,7 +276,8 @@ class ClientConnection(asyncio.Protocol):
                 # We refused the upgrade (h2c): the connection stays HTTP/1.1.
                 if not rest:
                     return
-                data = rest
+                data = self._data = rest
+                self._message_at_start = True
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
                 if isinstance(cause, BadRequest):
@@ -211,12 +285,15 @@ class ClientConnection(asyncio.Protocol):
                     return
                 raise
             except httptools.HttpParserError as exc:
-                self._bad_request(BadRequest("bad-request-syntax", str(exc)))
+                self._bad_request(parser_error(str(exc), data, self._url), data)
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.deadline.cancel()
+        if self._rate_handle is not None:
+            self._rate_handle.cancel()
+            self._rate_handle = None
         self._fe.counters.conn_cur -= 1
         if self._active is not None:
             self._active.client_lost()
@@ -249,8 +326,10 @@ class ClientConnection(asyncio.Protocol):
     # httptools callbacks -----------
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._url = b""
         self._headers = []
+        self._head = None
         self._header_bytes = 0
         self._started_at = self.loop.time()
         # One snapshot per request: a reload in the middle of it changes nothing for it.
@@ -259,6 +338,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._url_chunk = self._data
         if len(self._url) > self._fe.limits.max_uri_bytes:
             raise UriTooLong("uri-too-long")
 
@@ -272,13 +352,24 @@ class ClientConnection(asyncio.Protocol):
             return
         p = self._parser
         head = RequestHead(p.get_method(), self._url, p.get_http_version().encode(), self._headers)
-        limits = self._fe.limits
+        self._head = head
+        fe = self._fe
+        limits = fe.limits
         if len(self._headers) > limits.max_headers:
             raise HeadersTooLarge("too-many-headers")
-        if classify(head) > limits.max_header_bytes:
+        if classify(head, fe.allowed_methods) > limits.max_header_bytes:
             raise HeadersTooLarge("headers-too-large")
+        if head.version == b"1.0":
+            # RTSP/1.0 and ICE/1.0 request lines read as HTTP/1.0 (rare path: 1.0 only).
+            proto = other_protocol(self._url_chunk, self._url)
+            if proto is not None:
+                raise VersionNotSupported("bad-protocol", proto.decode())
+        report = inspect_target(head)
+        if report is not None:
+            self._apply_url_policy(head, report)
         max_body = limits.max_body_bytes
         if head.content_length is not None and head.content_length > max_body:
+            # Before any byte goes to a server, so before any `100 Continue` can be sent.
             raise BodyTooLarge("body-too-large")
         ex = Exchange(self, head, self.runtime, self._fe, self._started_at)
         if head.has_body:
@@ -310,6 +401,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline.set(self._fe.timeouts.client)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
+        self._message_at_start = False  # a next message in this read starts later in it
         ex = self._parsing
         if ex is not None:
             self._parsing = None
@@ -390,6 +483,7 @@ class ClientConnection(asyncio.Protocol):
         return self._active
 
     def _pause_reading(self, reason: int) -> None:
+        self._rate_paused = True  # lbd stopped reading: this window says nothing of the client
         was = self._pause
         self._pause = was | reason
         if not was and self.transport is not None and not self._closing:
@@ -402,13 +496,18 @@ class ClientConnection(asyncio.Protocol):
         if not self._pause and self.transport is not None and not self._closing:
             self.transport.resume_reading()
 
-    def _bad_request(self, err: BadRequest) -> None:
-        """Answer a request lbd refuses, in its turn, then close; count it by reason."""
+    def _bad_request(self, err: BadRequest, raw: bytes | None = None) -> None:
+        """Answer a request lbd refuses, in its turn, then close; count it by reason and record
+        it in the capture store. `raw` is the read llhttp refused, if that is why."""
         self._pause_reading(PAUSE_ERROR)
         fc = self._fe.counters
         malformed = fc.malformed
         malformed[err.reason] = malformed.get(err.reason, 0) + 1
         log.debug("bad request from %s: %s", self.peer_ip.decode(), err)
+        try:
+            self._capture_refusal(err, raw)
+        except Exception:  # a record must never keep the client from its answer
+            log.exception("recording a refused request failed")
         response = wire.error_response(err.status, close=True)
         ex = self._parsing
         if ex is not None:
@@ -437,6 +536,137 @@ class ClientConnection(asyncio.Protocol):
             if self._queue is None:
                 self._queue = deque()
             self._queue.append(response)
+
+    # request inspection -----------
+
+    def _apply_url_policy(self, head: RequestHead, report: TargetReport) -> None:
+        """Forward, normalize or refuse a target that is not clean, per its module's policy."""
+        fe = self._fe
+        policies = fe.url_policies
+        violations = report.violations
+        normalized = report.normalized
+        if not violations and not policies.modules:
+            if policies.default == "normalize" and normalized is not None:
+                head.target = normalized
+            return
+        router = fe.router
+        src = self.peer_ip_object() if router.needs_src else None
+        module = router.module(head, src)  # head.path is the normalized path
+        policy = policies.for_module(module)
+        if not violations:  # legal but not in normal form (`//a`, `/%7Ea`, absolute-form)
+            if policy == "normalize" and normalized is not None:
+                head.target = normalized
+            return
+        if policy == "normalize" and normalized is not None:
+            head.target = normalized
+            action = NORMALIZED
+        elif policy == "log":
+            action = LOGGED  # head.target stays as received (origin-form)
+        elif policies.dry_run:
+            action = WOULD_REJECT
+        else:
+            raise TargetRejected(report, module, self._url)
+        reason = violations[0].reason
+        malformed = fe.counters.malformed
+        malformed[reason] = malformed.get(reason, 0) + 1
+        offset = violations[0].offset
+        line = mask.request_line(head.method, self._url, head.version)
+        fe.captures.record(
+            reason,
+            module,
+            Sample(
+                time=time.time(),
+                client=self._client_text(),
+                method=mask.method_text(head.method),
+                action=action,
+                status=0,
+                reasons=report.reasons,
+                offset=offset,
+                where="target",
+                excerpt=mask.excerpt(line, offset + len(head.method) + 1),
+            ),
+        )
+
+    def _client_text(self) -> str:
+        ip = self.peer_ip.decode()
+        return f"[{ip}]:{self.peer_port}" if ":" in ip else f"{ip}:{self.peer_port}"
+
+    def _capture_refusal(self, err: BadRequest, raw: bytes | None) -> None:
+        """Record a refused request: what it was, where it went wrong, a masked excerpt."""
+        head = self._head
+        module = NO_MODULE
+        offset = -1
+        where = ""
+        reasons: tuple[str, ...] = (err.reason,)
+        if isinstance(err, TargetRejected) and head is not None:
+            module = err.module
+            method = head.method
+            offset = err.report.violations[0].offset
+            where = "target"
+            line = mask.request_line(method, err.target, head.version)
+            text = mask.excerpt(line, offset + len(method) + 1)
+            reasons = err.report.reasons
+        elif raw is not None and self._message_at_start and head is None:
+            # The message began at raw[0]: locate the byte llhttp refused and show around it.
+            method = raw.lstrip(b"\r\n").split(b" ", 1)[0]
+            offset = locate_parse_error(raw)
+            where = "message" if offset >= 0 else ""
+            text = mask.excerpt(raw, offset)
+        elif head is not None:
+            method = head.method
+            text = self._head_excerpt(head, err)
+        else:
+            method = b"-"
+            text = "... " + mask.excerpt(self._url) if self._url else ""
+        self._fe.captures.record(
+            err.reason,
+            module,
+            Sample(
+                time=time.time(),
+                client=self._client_text(),
+                method=mask.method_text(method),
+                action=REJECTED,
+                status=err.status,
+                reasons=reasons,
+                offset=offset,
+                where=where,
+                excerpt=text,
+            ),
+        )
+
+    @staticmethod
+    def _head_excerpt(head: RequestHead, err: BadRequest) -> str:
+        """The request line, and the field at fault when the refusal names one (masked)."""
+        data = mask.request_line(head.method, head.target, head.version) + b"\r\n"
+        field = err.header.lower() if isinstance(err, HeadRejected) else b""
+        if field:
+            for name, value in head.headers:
+                if name.lower() == field:
+                    data += name + b": " + value + b"\r\n"
+        return mask.excerpt(data)
+
+    def _arm_rate_check(self, ex: Exchange) -> None:
+        self._rate_ex = ex
+        self._rate_mark = ex.req_body_bytes
+        self._rate_paused = bool(self._pause)
+        window = min(BODY_RATE_WINDOW, self._fe.timeouts.client)
+        self._rate_handle = self.loop.call_later(window, self._check_rate)
+
+    def _check_rate(self) -> None:
+        """Once per window while a request body is read: refuse a client below BODY_MIN_RATE."""
+        self._rate_handle = None
+        ex = self._parsing
+        if ex is None or self._closing:
+            return
+        # Only windows that start with body bytes already flowing are judged: before that the
+        # client may rightly wait for a `100 Continue` (a silent one meets timeouts.client).
+        if ex is self._rate_ex and self._rate_mark and not self._rate_paused and not self._pause:
+            window = min(BODY_RATE_WINDOW, self._fe.timeouts.client)
+            if ex.req_body_bytes - self._rate_mark < BODY_MIN_RATE * window:
+                self._raw_left = 0
+                self._bad_request(BadRequest("body-too-slow", status=408))
+                return
+        self._arm_rate_check(ex)
 
     def _on_timeout(self) -> None:
         phase = self._phase

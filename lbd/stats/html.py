@@ -5,14 +5,17 @@ and status words reach `class=` only through a fixed table, so no name, reason o
 inject markup. No external CSS, JS, fonts or images: the page works on an isolated hospital
 network and refreshes itself every 5 s. It never shows the lbd version (it is served to anyone
 who can reach the stats port; the version only helps an attacker) nor server addresses (a wall
-screen gets photographed); /stats.json has both for tools.
+screen gets photographed); /stats.json has both for tools. Malformed-request samples show their
+masked excerpt (lbd.inspect.mask) but not the client's address, for the same reason.
 """
 
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterable, Sequence
 
+from lbd.inspect.store import EntryJSON
 from lbd.stats.snapshot import (
     BackendStats,
     FrontendStats,
@@ -66,6 +69,8 @@ border-radius:.3em;color:#fff;font-weight:700;background:var(--muted)}
 .tag{font-size:.75em;color:var(--muted);margin-left:.4em}
 .bad{color:var(--down);font-weight:700}
 .none{color:var(--muted);margin:0}
+td.excerpt{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;white-space:pre-wrap;
+word-break:break-all;max-width:40em}
 footer{padding:0 1.2em 1em;color:var(--muted);font-size:.8em}
 """
 
@@ -180,6 +185,7 @@ def _frontend(fe: FrontendStats) -> str:
         + _table(MODULE_HEADS, (_module_row(m) for m in fe["modules"]))
         + "<h3>Malformed requests</h3>"
         + _malformed(fe["malformed"])
+        + _captures(fe["captures"])
         + "</section>"
     )
 
@@ -189,6 +195,40 @@ def _malformed(by_reason: dict[str, int]) -> str:
         return '<p class="none">None refused.</p>'
     rows = (_row([r, n]) for r, n in by_reason.items())
     return _table(("Reason", "Count"), rows, cls="narrow")
+
+
+CAPTURE_HEADS = ("Reason", "Module", "Count", "Action", "First seen", "Last seen", "Offset",
+                 "Last request (masked)")  # fmt: skip
+CAPTURE_ROWS = 20  # most recently seen (reason, module) pairs shown; /stats.json has them all
+
+
+def clock(unix: float) -> str:
+    """Local time of day, with the date when it is not today."""
+    tm = time.localtime(unix)
+    if time.strftime("%Y-%m-%d", tm) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M:%S", tm)
+    return time.strftime("%Y-%m-%d %H:%M:%S", tm)
+
+
+def _capture_row(e: EntryJSON) -> str:
+    actions = ", ".join(f"{n} {a}" for a, n in e["actions"].items() if n)
+    last = e["samples"][0] if e["samples"] else None
+    offset = "" if last is None or last["offset"] < 0 else f"{last['where']} +{last['offset']}"
+    request = "" if last is None else f"{last['excerpt']}"
+    return (
+        f'<tr><td>{esc(e["reason"])}</td><td class="txt">{esc(e["module"])}</td>'
+        f'<td>{esc(e["count"])}</td><td class="txt">{esc(actions)}</td>'
+        + _cells([clock(e["first_seen"]), clock(e["last_seen"]), offset])
+        + f'<td class="txt excerpt">{esc(request)}</td></tr>'
+    )
+
+
+def _captures(entries: list[EntryJSON]) -> str:
+    """The capture store, without client addresses (the page may be on a wall screen)."""
+    if not entries:
+        return ""
+    rows = (_capture_row(e) for e in entries[:CAPTURE_ROWS])
+    return "<h3>Recent malformed requests</h3>" + _table(CAPTURE_HEADS, rows)
 
 
 SERVER_HEADS = ("Server", "Status", "Admin", "Weight", "Cur", "Max", "Req/s", "Requests", "2xx",

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import TypedDict
 
 from lbd import __version__
+from lbd.inspect.store import EntryJSON
 from lbd.runtime import BackendRuntime, FrontendRuntime, Runtime
 from lbd.state import ServerState
 from lbd.stats.counters import (
@@ -67,6 +68,10 @@ class FrontendStats(Traffic):
     denied: int
     malformed: dict[str, int]  # reason → count, sorted by reason
     malformed_total: int
+    # The capture store: per (reason, module) counts, actions, first/last seen and the last
+    # samples, most recent first. Excerpts are masked (no query value, cookie or credential).
+    captures: list[EntryJSON]
+    captures_overflow: int  # records that found the capture store full
     modules: list[ModuleStats]
 
 
@@ -245,6 +250,8 @@ def _frontend(fe: FrontendRuntime, rates: dict[RateKey, float]) -> FrontendStats
         "denied": c.denied,
         "malformed": malformed,
         "malformed_total": sum(malformed.values()),
+        "captures": fe.captures.to_json(),
+        "captures_overflow": fe.captures.overflow,
         "modules": [_module(fe.name, n, mc, rates) for n, mc in fe.module_counters.items()],
     }
 
