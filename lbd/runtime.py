@@ -204,7 +204,7 @@ def build_runtime(
             else:
                 # Same identity and address: keep health, admin state, counters and pool.
                 if state.config.weight != s.weight:
-                    state.weight = s.weight  # the file changed it; else keep `set server weight`
+                    state.set_weight(s.weight)  # the file changed it; else keep `set server weight`
                 state.config = s
                 state.pool.max_idle = b.pool_max_idle
                 state.pool.idle_timeout = b.pool_idle_timeout

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lbd.proxy.connpool import ConnPool
 
 ADMIN_STATES = ("ready", "drain", "maint")
+WEIGHT_SCALE = 16
 
 
 class ServerState:
@@ -28,6 +29,7 @@ class ServerState:
         "backend_name",
         "config",
         "counters",
+        "eweight",
         "health",
         "inflight",
         "name",
@@ -44,6 +46,9 @@ class ServerState:
         self.admin: str = config.state
         self.up = True
         self.weight = config.weight  # effective weight; the operator may change it at runtime
+        # What balancers use: weight × WEIGHT_SCALE, lowered during slow start. The scale (HAProxy
+        # uses 16 too) lets a weight-1 server ramp up in steps finer than "0 or 1".
+        self.eweight = config.weight * WEIGHT_SCALE
         self.inflight = 0
         self.counters = ServerCounters()
         self.pool = pool
@@ -61,9 +66,14 @@ class ServerState:
         maxconn = self.config.maxconn
         return maxconn == 0 or self.inflight < maxconn
 
+    def set_weight(self, weight: int) -> None:
+        """The operator's (or the file's) weight; the effective weight follows at once."""
+        self.weight = weight
+        self.eweight = weight * WEIGHT_SCALE
+
     def usable(self) -> bool:
         """May the balancer send new traffic here?"""
-        return self.up and self.admin == "ready" and self.weight > 0
+        return self.up and self.admin == "ready" and self.eweight > 0
 
     def status(self) -> str:
         """HAProxy-style status for stats pages: MAINT and DRAIN win over UP/DOWN."""

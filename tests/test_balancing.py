@@ -121,10 +121,10 @@ def test_roundrobin_weight_change_at_runtime() -> None:
     b = servers[1]
     rr = RoundRobin(servers)
     assert names(run(rr, 3)) == "a b c"
-    b.weight = 5
+    b.set_weight(5)
     rr.server_changed(b)
     assert names(run(rr, 7)) == "b b a b c b b"
-    b.weight = 0  # weight 0: out of rotation (usable() is False)
+    b.set_weight(0)  # weight 0: out of rotation (usable() is False)
     rr.server_changed(b)
     assert names(run(rr, 4)) == "a c a c"
 
@@ -167,7 +167,7 @@ def test_static_rr_ignores_runtime_weight() -> None:
     b = servers[1]
     srr = StaticRoundRobin(servers)
     before = names(run(srr, 6))
-    b.weight = 50
+    b.set_weight(50)
     srr.server_changed(b)
     assert names(run(srr, 6)) == before == "a b a a b a"
     b.up = False  # but up/down still counts
@@ -413,7 +413,7 @@ def test_consistent_hash_weight_increase_moves_keys_only_to_that_server() -> Non
     ch = ConsistentHash(servers)
     ks = keys(5_000)
     before = [ch.pick(k, None) for k in ks]
-    servers[0].weight = 2
+    servers[0].set_weight(2)
     ch.server_changed(servers[0])
     after = [ch.pick(k, None) for k in ks]
     assert all(y is x or y is servers[0] for x, y in zip(before, after, strict=True))
@@ -573,7 +573,7 @@ def test_ewma_cost_decays_and_new_servers_are_probed_one_at_a_time() -> None:
     servers = farm(1, 1)
     a, b = servers
     clock = FakeClock()
-    ew = Ewma(servers, rng=random.Random(5), clock=clock)
+    ew = Ewma(servers, rng=random.Random(5), clock=clock, decay=10.0)  # τ = 10 s for round numbers
     assert ew.latency(a, 0.0) is None
     ew.request_finished(a, 1.0)
     assert ew.latency(a, 0.0) == 1.0

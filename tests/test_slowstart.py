@@ -22,28 +22,30 @@ async def test_weight_ramps_linearly_to_target_and_notifies_each_step() -> None:
     server = _server(weight=40, slowstart=0.2)
     seen: list[int] = []
     ramps = SlowStarts()
-    ramps.begin(server, lambda s: seen.append(s.weight))
+    ramps.begin(server, lambda s: seen.append(s.eweight))
     await asyncio.sleep(0.35)
     assert len(seen) == STEPS
-    assert seen == sorted(seen) and seen[0] == 2 and seen[-1] == 40
-    assert server.weight == 40
+    assert seen == [
+        s * 16 for s in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40)
+    ]
+    assert server.eweight == 40 * 16 and server.weight == 40
 
 
 async def test_without_slowstart_nothing_changes() -> None:
     server = _server(weight=10, slowstart=0.0)
     seen: list[int] = []
-    SlowStarts().begin(server, lambda s: seen.append(s.weight))
+    SlowStarts().begin(server, lambda s: seen.append(s.eweight))
     await asyncio.sleep(0.05)
-    assert seen == [] and server.weight == 10
+    assert seen == [] and server.eweight == 10 * 16
 
 
 async def test_stopped_ramp_restores_full_weight() -> None:
     server = _server(weight=10, slowstart=5.0)
     seen: list[int] = []
     ramps = SlowStarts()
-    ramps.begin(server, lambda s: seen.append(s.weight))
+    ramps.begin(server, lambda s: seen.append(s.eweight))
     await asyncio.sleep(0.01)
-    assert server.weight == 1  # first step of a 20-step ramp to 10
+    assert server.eweight == 8  # first step of a 20-step ramp to 10 × 16
     ramps.stop(server)
     await asyncio.sleep(0.01)
-    assert server.weight == 10 and seen[-1] == 10
+    assert server.eweight == 160 and seen[-1] == 160

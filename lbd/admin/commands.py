@@ -192,7 +192,8 @@ async def cmd_set_server(worker: Worker, args: list[str]) -> str:
     if not 0 <= weight <= 256:
         raise CommandError(f"weight must be an integer 0..256, got {weight}")
     old_weight = server.weight
-    server.weight = weight
+    worker.health.slowstarts.stop(server)  # the operator's weight wins over a running ramp
+    server.set_weight(weight)
     backend.balancer.server_changed(server)
     return f"{args[0]} weight {old_weight} -> {weight}"
 

@@ -1,7 +1,7 @@
 """The interface every balancing algorithm implements, and the events the caller must send.
 
 Rules (after HAProxy's lb_*.c and Pingora's selection/): an algorithm sees servers only through
-`ServerState.usable()`, `.weight`, `.inflight` and `.config`, and through the events below; it
+`ServerState.usable()`, `.eweight`, `.inflight` and `.config`, and through the events below; it
 never parses HTTP (a hash key is extracted by the caller, see `keys.py`) and a retry passes the
 server to avoid. `pick` returns None when no server may take the request.
 

@@ -42,7 +42,7 @@ from operator import rshift
 
 from lbd.balancing.hashing import hash64, hash64x8
 from lbd.balancing.roundrobin import RoundRobin
-from lbd.state import ServerState
+from lbd.state import WEIGHT_SCALE, ServerState
 
 POINTS_PER_WEIGHT = 100
 MAX_POINTS = 1 << 18
@@ -78,7 +78,7 @@ class ConsistentHash:
         self._position = {id(s): i for i, s in enumerate(servers)}
         self._bits = max(16, len(servers).bit_length())
         self._mask = (1 << self._bits) - 1
-        configured = [s.config.weight for s in servers if s.config.weight > 0]
+        configured = [s.config.weight * WEIGHT_SCALE for s in servers if s.config.weight > 0]
         step = 0
         for w in configured:
             step = gcd(step, w)
@@ -110,9 +110,9 @@ class ConsistentHash:
 
     def _count(self, server: ServerState) -> int:
         """Points a server should have now: 0 when it may not take traffic."""
-        if not server.usable() or server.weight <= 0:
+        if not server.usable() or server.eweight <= 0:
             return 0
-        return max(1, round(server.weight * self._unit))
+        return max(1, round(server.eweight * self._unit))
 
     def _points_of(self, position: int, count: int) -> list[int]:
         """The first `count` ring values of a server, cached; a weight change extends the list."""
@@ -137,7 +137,7 @@ class ConsistentHash:
             if count:
                 ring += self._points_of(i, count)
                 self._on_ring[i] = count
-                self._total_weight += s.weight
+                self._total_weight += s.eweight
         ring.sort()
         self._ring = ring
         per_bucket = Counter(map(rshift, ring, repeat(self._value_shift)))
@@ -167,7 +167,7 @@ class ConsistentHash:
                 counts[v >> shift] += 1
             self._on_ring[i] = count
         self._buckets = [0, *accumulate(counts)]
-        self._total_weight = sum(self._servers[p].weight for p in self._on_ring)
+        self._total_weight = sum(self._servers[p].eweight for p in self._on_ring)
         self._fallback.servers_changed()
 
     def request_started(self, server: ServerState) -> None:
@@ -248,7 +248,7 @@ class ConsistentHash:
         """HAProxy's chash_server_is_eligible: the server's weighted share of the slots."""
         slots = -(-(self._served + 1) * self._factor // 100)  # ceil, for this request too
         total = self._total_weight
-        share = -(-slots * server.weight // total)  # ceil: the shares add up to >= slots
+        share = -(-slots * server.eweight // total)  # ceil: the shares add up to >= slots
         return server.inflight < max(share, 1)
 
 

@@ -7,8 +7,11 @@ The latency estimate (`request_finished` feeds it; `seconds` as base.py says):
 - peak: a sample above the current estimate replaces it at once, so a server that turns slow
   loses most of its traffic after its first slow answer, not after a decay period;
 - a sample below it pulls the estimate toward the observed value with weight `1 − e^(−Δ/τ)`,
-  Δ the time since the server's previous sample, τ = 10 s (Finagle's and Linkerd's decay): the
-  average over about the last τ seconds, however many requests that was;
+  Δ the time since the server's previous sample, τ = 1 s: the average over about the last
+  second. Finagle and Linkerd use 10 s, but with few servers (both drawn by power-of-two) a
+  sidelined server then waits ~20 s before it is tried again; an EHR pool of 2–4 servers must
+  get a recovered server back within seconds. The peak rule above is what sidelines a slow
+  server at once, whatever τ is;
 - between samples the estimate decays toward 0 (`e^(−Δ/τ)` again): a server that got no traffic
   because it was slow is tried again after a while, and its fresh samples (fast, if it recovered)
   bring it back. Reads do not change the state; the decay is computed from the last sample time.
@@ -29,7 +32,7 @@ from random import Random
 from lbd.balancing.weighted import WeightedSet, draw_distinct
 from lbd.state import ServerState
 
-DECAY_SECONDS = 10.0
+DECAY_SECONDS = 1.0
 UNMEASURED_PENALTY = 1e9  # seconds; above any real cost, so a probe in flight is not doubled
 
 
@@ -91,7 +94,7 @@ class Ewma:
         est = self.latency(server, now)
         if est is None:
             return UNMEASURED_PENALTY + inflight if inflight else 0.0
-        return est * (inflight + 1) / server.weight
+        return est * (inflight + 1) / server.eweight
 
     def pick(self, key: bytes | None, avoid: ServerState | None) -> ServerState | None:
         self._set.scrub()

@@ -43,7 +43,7 @@ class LeastConn:
     @staticmethod
     def _key(server: ServerState) -> tuple[int, float]:
         inflight = server.inflight if server.inflight > 0 else 0
-        return (1 if inflight else 0, (inflight + 1) / server.weight)
+        return (1 if inflight else 0, (inflight + 1) / server.eweight)
 
     def _requeue(self, server: ServerState) -> None:
         """Put `server` behind its equals, or take it out if it may not serve: O(log n)."""

@@ -49,7 +49,7 @@ class RandomDraws:
         best: ServerState | None = None
         best_load = 0.0
         for s in candidates:
-            load = (max(s.inflight, 0) + 1) / s.weight
+            load = (max(s.inflight, 0) + 1) / s.eweight
             if best is None or load < best_load:
                 best, best_load = s, load
         return best

@@ -57,7 +57,7 @@ class RoundRobin:
 
     def _weight(self, server: ServerState) -> int:
         """The weight that orders this algorithm: the runtime one (static-rr overrides)."""
-        return server.weight
+        return server.eweight
 
     # --- events ------------------------------------------------------------------------------
 

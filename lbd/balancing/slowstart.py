@@ -2,10 +2,12 @@
 full share at once (HAProxy's `slowstart`). A server just restarted has cold caches and a JIT
 that has not warmed up; an EHR application server flooded at once times out its first users.
 
-Rules: the weight goes linearly from about 1/20 of the target to the target over `slowstart`
-seconds, in at most 20 steps (each step tells the balancer, `server_changed`), never below 1.
-The target is the weight the server had when the ramp began (the operator's runtime weight if
-set). A new ramp replaces a running one; a server that goes down again stops its ramp.
+Rules: the effective weight (`eweight`, the weight × 16 that balancers use, as in HAProxy) goes
+linearly from 1/20 of the target to the target over `slowstart` seconds, in 20 steps (each
+tells the balancer, `server_changed`), never below 1; the scale makes the ramp real even for a
+weight-1 server.
+The target is the operator's current weight. A new ramp replaces a running one; a server that
+goes down again stops its ramp.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import math
 from collections.abc import Callable
 
-from lbd.state import ServerState
+from lbd.state import WEIGHT_SCALE, ServerState
 
 STEPS = 20
 
@@ -30,15 +32,12 @@ class SlowStarts:
     def begin(self, server: ServerState, notify: Notify) -> None:
         """Start (or restart) the ramp of `server`; no-op without `slowstart`."""
         duration = server.config.slowstart
-        if duration <= 0:
+        if duration <= 0 or server.weight <= 0:
             return
         running = self._tasks.pop(server, None)
         if running is not None:
             running.cancel()
-        # Mid-ramp the effective weight is not the target: fall back to the configured one.
-        target = server.config.weight if running is not None else server.weight
-        if target <= 0:
-            return
+        target = server.weight * WEIGHT_SCALE  # the operator's weight, scaled as balancers use it
         task = asyncio.get_running_loop().create_task(self._ramp(server, target, duration, notify))
         self._tasks[server] = task
         task.add_done_callback(self._forget(server))
@@ -64,11 +63,11 @@ class SlowStarts:
     async def _ramp(server: ServerState, target: int, duration: float, notify: Notify) -> None:
         try:
             for step in range(1, STEPS + 1):
-                server.weight = max(1, math.ceil(target * step / STEPS))
+                server.eweight = max(1, math.ceil(target * step / STEPS))
                 notify(server)
                 if step < STEPS:
                     await asyncio.sleep(duration / STEPS)
         except asyncio.CancelledError:
-            server.weight = target  # stopped early (went down, replaced): full weight again
+            server.eweight = target  # stopped early (went down, replaced): full weight again
             notify(server)
             raise

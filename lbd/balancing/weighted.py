@@ -16,7 +16,7 @@ from lbd.state import ServerState
 
 def runtime_weight(server: ServerState) -> int:
     """The effective weight: what the configuration or `set server weight` says now."""
-    return server.weight
+    return server.eweight
 
 
 class WeightedSet:
