@@ -56,3 +56,26 @@ async def test_queue_timeout_gives_503_and_the_queue_empties(harness: Harness) -
     assert await get("/accueil/c") == 200  # the slot and the queue are free again
     async with session.get(f"http://127.0.0.1:{lbd.port}/accueil/d") as resp:
         assert resp.status == 200
+
+
+async def test_maxqueue_bounds_the_queue_with_an_immediate_503(harness: Harness) -> None:
+    mock = await harness.mock_backend("app1")
+    server = {"name": "s1", "address": f"127.0.0.1:{mock.port}", "maxconn": 1, "maxqueue": 1}
+    lbd = await harness.lbd(
+        [mock.port], backend={"servers": [server]}, timeouts={"queue": "10s", "server": "10s"}
+    )
+    session = harness.session()
+
+    async def get(path: str) -> int:
+        async with session.get(f"http://127.0.0.1:{lbd.port}{path}") as resp:
+            await resp.read()
+            return resp.status
+
+    busy = asyncio.create_task(get("/slow?ms=1000"))  # takes the only slot
+    await asyncio.sleep(0.2)
+    queued = asyncio.create_task(get("/accueil/queued"))  # the one queue place
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    assert await get("/accueil/overflow") == 503  # queue full: refused at once
+    assert time.monotonic() - started < 5  # not after timeouts.queue (10 s)
+    assert await asyncio.wait_for(asyncio.gather(busy, queued), 15) == [200, 200]
