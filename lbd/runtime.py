@@ -142,6 +142,7 @@ class FrontendRuntime:
         "counters",
         "limits",
         "module_counters",
+        "module_servers",
         "name",
         "router",
         "timeouts",
@@ -155,6 +156,7 @@ class FrontendRuntime:
         counters: FrontendCounters,
         module_counters: dict[str, TrafficCounters],
         captures: CaptureStore | None = None,
+        module_servers: dict[tuple[str, str, str], TrafficCounters] | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
@@ -163,6 +165,10 @@ class FrontendRuntime:
         self.limits = limits
         self.timeouts = config.timeouts
         self.module_counters = module_counters
+        # (module, backend, server) → counters of that module on that server, kept by identity
+        self.module_servers: dict[tuple[str, str, str], TrafficCounters] = (
+            module_servers if module_servers is not None else {}
+        )
         # Request inspection: the capture store is kept across reloads like the counters.
         self.captures = captures if captures is not None else CaptureStore()
         self.url_policies = UrlPolicies(config)
@@ -228,7 +234,14 @@ def build_runtime(
             old_mod = old_fe.module_counters.get(name) if old_fe is not None else None
             modules[name] = old_mod if old_mod is not None else TrafficCounters()
         captures = old_fe.captures if old_fe is not None else None
-        frontends[f.name] = FrontendRuntime(f, cfg.global_.limits, fe_counters, modules, captures)
+        frontends[f.name] = FrontendRuntime(
+            f,
+            cfg.global_.limits,
+            fe_counters,
+            modules,
+            captures,
+            old_fe.module_servers if old_fe is not None else None,
+        )
 
     generation = previous.generation + 1 if previous is not None else 1
     return Runtime(cfg, frontends, backends, generation, servers)

@@ -264,6 +264,7 @@ class Worker:
             for mc in fe.module_counters.values():
                 TrafficCounters.__init__(mc)
             fe.captures.clear()
+            fe.module_servers.clear()
         for be in rt.backends.values():
             BackendCounters.__init__(be.counters)
         for s in rt.servers.values():

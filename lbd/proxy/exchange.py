@@ -264,7 +264,9 @@ class Exchange:
             self.queue_timer = None
         if self.done:
             return False
-        self.queue_wait += self.client.loop.time() - self.queued_at
+        waited = self.client.loop.time() - self.queued_at
+        self.queue_wait += waited
+        self._observe_queue(waited)
         self._dispatch(None)
         return True
 
@@ -279,9 +281,38 @@ class Exchange:
             return
         backend.counters.queue_cur -= 1
         backend.counters.queue_timeouts += 1
-        self.queue_wait += self.client.loop.time() - self.queued_at
+        waited = self.client.loop.time() - self.queued_at
+        self.queue_wait += waited
+        self._observe_queue(waited)
         self.term = "sQ"
         self.reply_local(503, wire.error_response(503, True))
+
+    def _counter_set(self, server: ServerState | None) -> tuple[TrafficCounters, ...]:
+        """The counters one server-side event belongs to: module, backend, server, and the
+        module × server pair (what the stats page shows as "which servers serve it")."""
+        fe = self.fe
+        mc = fe.module_counters[self.module]
+        backend = self.backend
+        if backend is None:
+            return (mc,)
+        if server is None:
+            return (mc, backend.counters)
+        return (mc, backend.counters, server.counters, self._module_server(server))
+
+    def _module_server(self, server: ServerState) -> TrafficCounters:
+        """Counters of this request's module on this server, created on first use. Bounded:
+        modules and servers both come from the configuration."""
+        key = (self.module, server.backend_name, server.name)
+        table = self.fe.module_servers
+        c = table.get(key)
+        if c is None:
+            c = table[key] = TrafficCounters()
+        return c
+
+    def _observe_queue(self, waited: float) -> None:
+        bucket = bucket_of(waited)
+        for c in self._counter_set(None):
+            c.queue_time.observe_at(bucket, waited)
 
     async def _connect(self, server: ServerState) -> None:
         backend = self.backend
@@ -298,8 +329,10 @@ class Exchange:
             return
         self.connecting = False
         server.counters.connections += 1
-        self.connect_time = self.client.loop.time() - t0
-        server.counters.connect_time.observe(self.connect_time)
+        self.connect_time = seconds = self.client.loop.time() - t0
+        bucket = bucket_of(seconds)
+        for c in self._counter_set(server):
+            c.connect_time.observe_at(bucket, seconds)
         if self.done:
             server.pool.release(conn)  # the client left meanwhile; the fresh connection is fine
             return
@@ -410,8 +443,12 @@ class Exchange:
             return
         self.status = status
         self.resp_started = True
-        self.response_at = self.client.loop.time()
+        self.response_at = now = self.client.loop.time()
         self.upstream_keep_alive = keep
+        waited = now - self.attached_at
+        bucket = bucket_of(waited)
+        for c in self._counter_set(self.server):
+            c.header_time.observe_at(bucket, waited)
         head = self.head
         chunked = False
         has_length = False
@@ -723,11 +760,13 @@ class Exchange:
             c.response_time.observe_at(bucket, elapsed)
         server = self.server
         if server is not None:
-            sc = server.counters
-            sc.responses[cls] += 1
-            sc.bytes_in += sent
-            sc.bytes_out += received
-            sc.response_time.observe_at(bucket, elapsed)
+            pair = self._module_server(server)
+            pair.requests += 1  # the server's own count was taken at dispatch
+            for c in (server.counters, pair):
+                c.responses[cls] += 1
+                c.bytes_in += sent
+                c.bytes_out += received
+                c.response_time.observe_at(bucket, elapsed)
         log_sink = self.client.access_log
         if log_sink is not None:
             log_sink(self, elapsed)

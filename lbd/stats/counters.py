@@ -83,8 +83,11 @@ class TrafficCounters:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "connect_time",
         "cur_requests",
+        "header_time",
         "max_requests",
+        "queue_time",
         "requests",
         "response_time",
         "responses",
@@ -97,7 +100,10 @@ class TrafficCounters:
         self.bytes_out = 0
         self.cur_requests = 0
         self.max_requests = 0
-        self.response_time = Histogram()
+        self.response_time = Histogram()  # total: first request byte → last response byte
+        self.header_time = Histogram()  # sent to a server → its response head (HAProxy's Tr)
+        self.connect_time = Histogram()  # new server connections only (pooled ones cost 0)
+        self.queue_time = Histogram()  # waiting for a server slot (maxconn), when it happened
 
 
 class FrontendCounters(TrafficCounters):
@@ -136,9 +142,8 @@ class BackendCounters(TrafficCounters):
 
 
 class ServerCounters(BackendCounters):
-    __slots__ = ("connect_time", "connections")
+    __slots__ = ("connections",)
 
     def __init__(self) -> None:
         super().__init__()
         self.connections = 0  # new TCP connections opened to this server
-        self.connect_time = Histogram()
