@@ -32,7 +32,7 @@ from lbd.config.load import load_config_text
 from lbd.config.schema import Address
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime
 from lbd.stats import html as stats_html
-from lbd.stats.counters import LATENCY_BUCKETS
+from lbd.stats.counters import LATENCY_BUCKETS, TrafficCounters
 from lbd.stats.server import StatsServer, apr1, load_htpasswd, verify_password
 from lbd.stats.snapshot import RateTracker, snapshot
 
@@ -84,6 +84,46 @@ def fill(rt: Runtime) -> None:
     rt.servers[("app", "app3")].up = False
     rt.servers[("static", "static1")].admin = "maint"
     rt.servers[("app", "app2")].weight = 3
+    fill_phases_and_health(rt)
+
+
+def fill_phases_and_health(rt: Runtime) -> None:
+    """Queue, phase histograms, module x server pairs and health-check counters."""
+    be = rt.backends["app"].counters
+    be.queue_cur, be.queue_max, be.queue_timeouts = 1, 4, 2
+    be.queue_time.observe(0.3)
+    be.queue_time.observe(0.5)
+    be.header_time.observe(0.02)
+    be.connect_time.observe(0.004)
+    dmu = rt.frontends["ehr"].module_counters["dmu"]
+    dmu.header_time.observe(0.02)
+    dmu.connect_time.observe(0.004)
+    dmu.queue_time.observe(0.3)
+    rt.servers[("app", "app1")].counters.header_time.observe(0.03)
+    pairs = rt.frontends["ehr"].module_servers
+    for key, requests in [
+        (("dmu", "app", "app1"), 3),
+        (("dmu", "app", "app2"), 1),
+        (("dmu", "app", "gone"), 9),  # a server removed by a reload: never shown
+        (("other", "app", "app1"), 1),
+        (("other", "static", "static1"), 3),
+    ]:
+        pairs[key] = TrafficCounters()
+        pairs[key].requests = pairs[key].responses[2] = requests
+    pairs[("dmu", "app", "app1")].responses[2] = 2
+    pairs[("dmu", "app", "app1")].responses[5] = 1
+    pairs[("dmu", "app", "app1")].response_time.observe(0.003)
+    # app2 (draining): checked, one failure took it DOWN for 30 s, back UP, then one more
+    # failure (UP 2/3, still up): chkfail 2, chkdown 1, downtime 30.
+    now = [1000.0]
+    health = rt.servers[("app", "app2")].health
+    health.clock = lambda: now[0]
+    health.start_checking("up")  # UP 1/3: the first failure takes it down
+    health.failure("Layer4 connection problem")
+    now[0] += 30.0
+    health.success()
+    health.success()
+    health.failure("Layer4 timeout")
 
 
 @pytest.fixture
@@ -155,6 +195,22 @@ REQUIRED = {
     "lbd_server_response_time_seconds": {"backend", "server"},
     "lbd_server_idle_connections": {"backend", "server"},
     "lbd_process_start_time_seconds": set(),
+    "lbd_module_header_time_seconds": {"frontend", "module"},
+    "lbd_module_connect_time_seconds": {"frontend", "module"},
+    "lbd_module_queue_time_seconds": {"frontend", "module"},
+    "lbd_backend_header_time_seconds": {"backend"},
+    "lbd_backend_connect_time_seconds": {"backend"},
+    "lbd_backend_queue_time_seconds": {"backend"},
+    "lbd_server_header_time_seconds": {"backend", "server"},
+    "lbd_server_connect_time_seconds": {"backend", "server"},
+    "lbd_backend_current_queue": {"backend"},
+    "lbd_backend_max_queue": {"backend"},
+    "lbd_backend_queue_timeouts": {"backend"},
+    "lbd_module_server_http_requests": {"frontend", "module", "backend", "server"},
+    "lbd_module_server_http_responses": {"frontend", "module", "backend", "server", "code"},
+    "lbd_server_check_failures": {"backend", "server"},
+    "lbd_server_check_down_transitions": {"backend", "server"},
+    "lbd_server_downtime_seconds": {"backend", "server"},
     "lbd_build_info": {"version"},
 }
 
@@ -262,6 +318,65 @@ async def test_module_histogram(stats: tuple[StatsServer, str]) -> None:
     assert codes[(("code", "5xx"), ("frontend", "ehr"), ("module", "dmu"))] == 1
 
 
+async def test_phase_histograms_queue_and_health(stats: tuple[StatsServer, str]) -> None:
+    m = await metrics(stats[1])
+    app, dmu = (("backend", "app"),), (("frontend", "ehr"), ("module", "dmu"))
+    app1 = (("backend", "app"), ("server", "app1"))
+    app2 = (("backend", "app"), ("server", "app2"))
+    for family, key, count, total in [
+        ("lbd_backend_queue_time_seconds", app, 2, 0.8),
+        ("lbd_backend_header_time_seconds", app, 1, 0.02),
+        ("lbd_backend_connect_time_seconds", app, 1, 0.004),
+        ("lbd_module_queue_time_seconds", dmu, 1, 0.3),
+        ("lbd_module_header_time_seconds", dmu, 1, 0.02),
+        ("lbd_module_connect_time_seconds", dmu, 1, 0.004),
+        ("lbd_server_header_time_seconds", app1, 1, 0.03),
+        ("lbd_server_connect_time_seconds", app1, 1, 0.002),
+    ]:
+        assert m[family].type == "histogram", family
+        assert values(m[family], family + "_count")[key] == count, family
+        assert values(m[family], family + "_sum")[key] == pytest.approx(total), family
+    buckets = values(m["lbd_backend_queue_time_seconds"], "lbd_backend_queue_time_seconds_bucket")
+    assert buckets[(*app, ("le", "0.25"))] == 0
+    assert buckets[(*app, ("le", "0.5"))] == 2
+    assert "lbd_server_queue_time_seconds" not in m  # lbd queues per backend
+    assert values(m["lbd_backend_current_queue"]) == {app: 1, (("backend", "static"),): 0}
+    assert values(m["lbd_backend_max_queue"])[app] == 4
+    assert m["lbd_backend_queue_timeouts"].type == "counter"
+    timeouts = values(m["lbd_backend_queue_timeouts"], "lbd_backend_queue_timeouts_total")
+    assert timeouts == {app: 2, (("backend", "static"),): 0}
+    failures = values(m["lbd_server_check_failures"], "lbd_server_check_failures_total")
+    assert (failures[app2], failures[app1]) == (2, 0)
+    downs = values(
+        m["lbd_server_check_down_transitions"], "lbd_server_check_down_transitions_total"
+    )
+    assert (downs[app2], downs[app1]) == (1, 0)
+    downtime = values(m["lbd_server_downtime_seconds"], "lbd_server_downtime_seconds_total")
+    assert (downtime[app2], downtime[app1]) == (30.0, 0.0)
+
+
+async def test_module_server_series(stats: tuple[StatsServer, str]) -> None:
+    m = await metrics(stats[1])
+    requests = values(m["lbd_module_server_http_requests"], "lbd_module_server_http_requests_total")
+    assert {tuple(v for _, v in sorted(dict(k).items())): n for k, n in requests.items()} == {
+        # (backend, frontend, module, server) in label-name order
+        ("app", "ehr", "dmu", "app1"): 3,
+        ("app", "ehr", "dmu", "app2"): 1,
+        ("app", "ehr", "other", "app1"): 1,
+        ("static", "ehr", "other", "static1"): 3,
+    }  # the pair of a server no longer configured ("gone") is not exported
+    codes = values(m["lbd_module_server_http_responses"], "lbd_module_server_http_responses_total")
+    pair = {"backend": "app", "frontend": "ehr", "module": "dmu", "server": "app1"}
+    by_code: dict[str, float] = {}
+    for k, v in codes.items():
+        labels = dict(k)
+        code = labels.pop("code")
+        if labels == pair:
+            by_code[code] = v
+    assert by_code == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 1, "other": 0}
+    assert len(codes) == 4 * 6
+
+
 async def test_scrape_follows_reload(
     runtime: Runtime, holder: RuntimeHolder, stats: tuple[StatsServer, str]
 ) -> None:
@@ -316,8 +431,29 @@ async def test_stats_json(stats: tuple[StatsServer, str]) -> None:
         "count": 4, "mean": pytest.approx(1.8015), "p50": 0.005, "p95": 10.0, "p99": 10.0,
     }  # fmt: skip
     assert {"req_rate", "bytes_in", "bytes_out"} <= set(dmu)
+    assert (dmu["queue_time"]["count"], dmu["queue_time"]["p50"]) == (1, 0.5)
+    assert (dmu["header_time"]["count"], dmu["connect_time"]["count"]) == (1, 1)
+    assert dmu["servers"] == [
+        {
+            "backend": "app", "server": "app1", "requests": 3, "share": 0.75,
+            "responses": {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 1, "other": 0},
+            "latency": {"count": 1, "mean": 0.003, "p50": 0.005, "p95": 0.005, "p99": 0.005},
+        },
+        {
+            "backend": "app", "server": "app2", "requests": 1, "share": 0.25,
+            "responses": {"1xx": 0, "2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0, "other": 0},
+            "latency": {"count": 0, "mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0},
+        },
+    ]  # fmt: skip
+    assert [(x["backend"], x["server"]) for x in modules["other"]["servers"]] == [
+        ("app", "app1"), ("static", "static1"),
+    ]  # fmt: skip
+    assert modules["rendez-vous"]["servers"] == []
     backends = {b["name"]: b for b in data["backends"]}
     app = backends["app"]
+    assert (app["queue_cur"], app["queue_max"], app["queue_timeouts"]) == (1, 4, 2)
+    assert app["queue_time"]["mean"] == pytest.approx(0.4)
+    assert (app["header_time"]["count"], app["connect_time"]["count"]) == (1, 1)
     assert (app["status"], app["active_servers"], app["backup_servers"], app["weight"]) == (
         "UP", 1, 1, 10,
     )  # fmt: skip
@@ -332,6 +468,11 @@ async def test_stats_json(stats: tuple[StatsServer, str]) -> None:
     assert (app1["conn_errors"], app1["response_errors"], app1["idle_connections"]) == (1, 3, 0)
     assert app1["latency"]["p50"] == 0.05
     assert app1["connect_time"]["count"] == 1
+    assert app1["header_time"]["mean"] == 0.03
+    assert (app1["checked"], app1["check_failures"], app1["check_downs"]) == (False, 0, 0)
+    app2 = servers["app2"]
+    assert (app2["checked"], app2["check_failures"], app2["check_downs"]) == (True, 2, 1)
+    assert (app2["downtime"], app2["status"]) == (30.0, "DRAIN")
     assert servers["app2"]["admin"] == "drain" and servers["app2"]["weight"] == 3
     assert servers["spare"]["backup"] is True
     assert backends["static"]["status"] == "DOWN"  # its only server is in maintenance
@@ -405,12 +546,19 @@ async def test_stats_csv(stats: tuple[StatsServer, str]) -> None:
         "UP", "10", "1", "4096",
     )  # fmt: skip
     assert (app1["ctime"], app1["ttime"], app1["chkfail"]) == ("2", "40", "")
+    assert (app1["qcur"], app1["qmax"], app1["qtime"], app1["rtime"]) == ("0", "0", "", "30")
+    assert (app1["chkdown"], app1["downtime"]) == ("", "")  # no health check: empty, as HAProxy
+    assert (app2["chkfail"], app2["chkdown"], app2["downtime"]) == ("2", "1", "30")
     assert (app2["status"], app2["weight"], app3["status"]) == ("DRAIN", "3", "DOWN")
     backend = rows[5]
     assert (backend["stot"], backend["econ"], backend["wretr"], backend["wredis"]) == (
         "6", "2", "2", "1",
     )  # fmt: skip
     assert (backend["status"], backend["weight"]) == ("UP", "10")
+    assert (backend["qcur"], backend["qmax"], backend["qtime"]) == ("1", "4", "400")
+    assert (backend["ctime"], backend["rtime"], backend["chkfail"]) == ("4", "20", "")
+    assert (fe["qmax"], fe["chkfail"], fe["qtime"], fe["rtime"]) == ("", "", "", "")
+    assert (rows[7]["qcur"], rows[7]["qmax"], rows[7]["qtime"]) == ("0", "0", "")
     assert (rows[6]["status"], rows[7]["status"]) == ("MAINT", "DOWN")
 
 
@@ -431,6 +579,10 @@ async def test_stats_html(runtime: Runtime, stats: tuple[StatsServer, str]) -> N
     assert '<tr class="st-down"><td>app3</td>' in page
     assert '<tr class="st-maint"><td>static1</td>' in page
     assert "<td>missing-host</td><td>3</td>" in page
+    assert "<th>Served by</th>" in page
+    assert '<td class="txt">app1 75% · app2 25%</td></tr>' in page  # dmu
+    assert '<td class="txt">static/static1 75% · app/app1 25%</td></tr>' in page  # two backends
+    assert '<td class="txt">–</td></tr>' in page  # rendez-vous: no server answered yet
     assert "<script" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
     # Self-contained and silent about the version.
@@ -443,11 +595,23 @@ async def test_html_escapes_every_snapshot_string(runtime: Runtime) -> None:
     server = snap["backends"][0]["servers"][0]
     server["name"], server["admin"], server["status"] = HOSTILE, HOSTILE, HOSTILE
     snap["frontends"][0]["modules"][0]["name"] = HOSTILE
+    snap["frontends"][0]["modules"][0]["servers"][0]["server"] = HOSTILE
     snap["backends"][0]["name"] = HOSTILE
     page = stats_html.render(snap)
     assert "<script" not in page
     assert '"x"' not in page
     assert '<tr class="st-unknown">' in page  # an unknown status never reaches class=
+    assert '<td class="txt">&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp; 75% · ' in page
+
+
+async def test_served_by_rounds_small_shares(runtime: Runtime) -> None:
+    pairs = runtime.frontends["ehr"].module_servers
+    pairs[("dmu", "app", "app3")] = TrafficCounters()  # created, no answer yet: not listed
+    pairs[("dmu", "app", "app1")].requests = 500
+    pairs[("dmu", "app", "app2")].requests = 1
+    [dmu, *_] = snapshot(runtime, STARTED_AT)["frontends"][0]["modules"]
+    assert [x["server"] for x in dmu["servers"]] == ["app1", "app2", "app3"]
+    assert stats_html.served_by(dmu["servers"]) == "app1 100% · app2 <1%"
 
 
 async def test_root_redirects_to_stats(stats: tuple[StatsServer, str]) -> None:

@@ -5,16 +5,22 @@ HAProxy lists proxies. Columns are a stable prefix of HAProxy's, in HAProxy's or
 written for HAProxy's CSV read this one by column name.
 
 Differences from HAProxy, by column:
-- empty, not tracked yet: qcur, qmax (no queue), smax on FRONTEND rows (no connection peak),
-  chkfail, chkdown, downtime (no health-check counters), qtime, rtime (queue time and
-  time-to-first-byte are not measured apart from the total);
+- empty: smax on FRONTEND rows (no connection peak is kept); qcur, qmax, chkfail, chkdown,
+  downtime, qtime, ctime, rtime on FRONTEND rows (as in HAProxy); chkfail, chkdown, downtime on
+  BACKEND rows (no backend transitions are counted);
+- qcur/qmax are the backend's queue on BACKEND rows and 0 on server rows: lbd queues per backend
+  (a request waits for any server's slot), never per server; qtime is empty on server rows;
+- chkfail/chkdown/downtime (seconds) are empty on servers without a health check, as in HAProxy;
 - scur/smax/stot count requests on BACKEND and server rows (lbd is request-oriented) and
   connections on FRONTEND rows (as HAProxy's sessions);
 - ereq is the frontend's malformed requests (all reasons); econ/eresp/wretr/wredis are empty on
   FRONTEND rows;
 - rate is requests per second (rounded) between the last two readings, not sessions;
-- ctime (servers only) and ttime are averages since start in milliseconds, not over the last
-  1024 requests; bin counts request body bytes only.
+- qtime, ctime, rtime and ttime are averages since start in milliseconds, not over the last
+  1024 requests, and empty until something was measured: qtime averages the requests that did
+  wait (HAProxy counts the others as 0), ctime new connections only (not pooled ones), rtime is
+  the time to the response head (HAProxy's Tr);
+- bin counts request body bytes only.
 """
 
 from __future__ import annotations
@@ -81,6 +87,17 @@ def _common(traffic: Traffic) -> Row:
     return row
 
 
+def _checks(s: ServerStats) -> Row:
+    """Health-check columns, for servers that have a check."""
+    if not s["checked"]:
+        return {}
+    return {
+        "chkfail": s["check_failures"],
+        "chkdown": s["check_downs"],
+        "downtime": round(s["downtime"]),
+    }
+
+
 def _frontend(fe: FrontendStats) -> Row:
     return {
         **_common(fe),
@@ -107,7 +124,11 @@ def _server(backend: str, s: ServerStats) -> Row:
         "wredis": s["redispatches"],
         "status": s["status"],
         "weight": s["weight"],
+        "qcur": 0,
+        "qmax": 0,
         "ctime": _ms(s["connect_time"]),
+        "rtime": _ms(s["header_time"]),
+        **_checks(s),
     }
 
 
@@ -125,4 +146,9 @@ def _backend(be: BackendStats) -> Row:
         "wredis": be["redispatches"],
         "status": be["status"],
         "weight": be["weight"],
+        "qcur": be["queue_cur"],
+        "qmax": be["queue_max"],
+        "qtime": _ms(be["queue_time"]),
+        "ctime": _ms(be["connect_time"]),
+        "rtime": _ms(be["header_time"]),
     }

@@ -21,6 +21,7 @@ from lbd.stats.snapshot import (
     FrontendStats,
     Info,
     Latency,
+    ModuleServerStats,
     ModuleStats,
     ServerStats,
     Snapshot,
@@ -165,12 +166,28 @@ def _header(info: Info) -> str:
 
 
 MODULE_HEADS = ("Module", "Req/s", "Requests", "2xx", "4xx", "5xx", "Error rate", "p50", "p95",
-                "p99")  # fmt: skip
+                "p99", "Served by")  # fmt: skip
+
+
+def served_by(servers: Sequence[ModuleServerStats]) -> str:
+    """`app1 52% · app2 48%`: the servers that answered the module, busiest first (plain text,
+    escaped by the caller). Names get their backend when the module reaches several backends."""
+    answered = [s for s in servers if s["requests"]]  # a pair may exist before its first answer
+    if not answered:
+        return "–"
+    qualify = len({s["backend"] for s in answered}) > 1
+    parts = []
+    for s in sorted(answered, key=lambda s: -s["requests"]):  # stable: config order on ties
+        name = f"{s['backend']}/{s['server']}" if qualify else s["server"]
+        pct = round(s["share"] * 100)
+        parts.append(f"{name} {pct or '<1'}%")
+    return " · ".join(parts)
 
 
 def _module_row(m: ModuleStats) -> str:
     rate = f"{m['error_rate'] * 100:.1f} %"
-    return _row([m["name"], *_answers(m), rate, *_quantiles(m["latency"])])
+    cells = _cells([m["name"], *_answers(m), rate, *_quantiles(m["latency"])])
+    return f'<tr>{cells}<td class="txt">{esc(served_by(m["servers"]))}</td></tr>'
 
 
 def _frontend(fe: FrontendStats) -> str:

@@ -39,7 +39,7 @@ from lbd.stats.counters import (
     Histogram,
     TrafficCounters,
 )
-from lbd.stats.snapshot import CODE_ORDER
+from lbd.stats.snapshot import CODE_ORDER, module_servers
 
 SERVER_STATES = ("UP", "DOWN", "DRAIN", "MAINT")
 ADMIN_STATES = ("ready", "drain", "maint")
@@ -171,6 +171,32 @@ def _traffic(
     )
 
 
+def _timings(
+    prefix: str, what: str, labels: Sequence[str], rows: Sequence[Row], *, queue: bool
+) -> Iterator[Metric]:
+    """The server-side phases: response head, connect and (for modules and backends, as lbd
+    queues per backend) queue time."""
+    yield histogram(
+        f"{prefix}_header_time_seconds",
+        f"Time from sending a request to a server to its response head, by {what}.",
+        labels,
+        ((v, c.header_time) for v, c in rows),
+    )
+    yield histogram(
+        f"{prefix}_connect_time_seconds",
+        f"Time to open a new TCP connection to a server (pooled ones are not counted), by {what}.",
+        labels,
+        ((v, c.connect_time) for v, c in rows),
+    )
+    if queue:
+        yield histogram(
+            f"{prefix}_queue_time_seconds",
+            f"Time spent waiting for a server slot (requests that waited only), by {what}.",
+            labels,
+            ((v, c.queue_time) for v, c in rows),
+        )
+
+
 def _concurrency(
     prefix: str, what: str, labels: Sequence[str], rows: Sequence[Row]
 ) -> Iterator[Metric]:
@@ -251,7 +277,28 @@ def _modules(runtime: Runtime) -> Iterator[Metric]:
         for fe in runtime.frontends.values()
         for name, c in fe.module_counters.items()
     ]
-    yield from _traffic("lbd_module", "application module", ["frontend", "module"], rows)
+    what = "application module"
+    yield from _traffic("lbd_module", what, ["frontend", "module"], rows)
+    yield from _timings("lbd_module", what, ["frontend", "module"], rows, queue=True)
+    pairs: list[Row] = [
+        ([fe.name, module, s.backend_name, s.name], c)
+        for fe in runtime.frontends.values()
+        for module in fe.module_counters
+        for s, c in module_servers(runtime, fe, module)
+    ]
+    labels = ["frontend", "module", "backend", "server"]
+    yield counter(
+        "lbd_module_server_http_requests_total",
+        "HTTP requests of the application module answered by the server.",
+        labels,
+        ((v, c.requests) for v, c in pairs),
+    )
+    yield counter(
+        "lbd_module_server_http_responses_total",
+        "HTTP responses to the application module's requests from the server, by status class.",
+        (*labels, "code"),
+        _by_code(pairs),
+    )
 
 
 def _backends(runtime: Runtime) -> Iterator[Metric]:
@@ -260,6 +307,25 @@ def _backends(runtime: Runtime) -> Iterator[Metric]:
     rows: list[Row] = [([be.name], be.counters) for be in bes]
     yield from _traffic("lbd_backend", "backend", labels, rows)
     yield from _concurrency("lbd_backend", "backend", labels, rows)
+    yield from _timings("lbd_backend", "backend", labels, rows, queue=True)
+    yield gauge(
+        "lbd_backend_current_queue",
+        "Requests waiting for a server slot now.",
+        labels,
+        (([be.name], be.counters.queue_cur) for be in bes),
+    )
+    yield gauge(
+        "lbd_backend_max_queue",
+        "Highest number of requests waiting for a server slot at once.",
+        labels,
+        (([be.name], be.counters.queue_max) for be in bes),
+    )
+    yield counter(
+        "lbd_backend_queue_timeouts_total",
+        "Requests answered 503 after waiting timeouts.queue for a server slot.",
+        labels,
+        (([be.name], be.counters.queue_timeouts) for be in bes),
+    )
     yield from _errors("lbd_backend", "backend", labels, [([be.name], be.counters) for be in bes])
     yield counter(
         "lbd_backend_no_server_total",
@@ -315,6 +381,7 @@ def _servers(runtime: Runtime) -> Iterator[Metric]:
     rows: list[Row] = [([s.backend_name, s.name], s.counters) for s in servers]
     yield from _traffic("lbd_server", "server", labels, rows)
     yield from _concurrency("lbd_server", "server", labels, rows)
+    yield from _timings("lbd_server", "server", labels, rows, queue=False)
     yield from _errors(
         "lbd_server", "server", labels, [([s.backend_name, s.name], s.counters) for s in servers]
     )
@@ -330,12 +397,6 @@ def _servers(runtime: Runtime) -> Iterator[Metric]:
         "Idle keep-alive connections pooled for reuse.",
         labels,
         (([s.backend_name, s.name], s.pool.idle_count) for s in servers),
-    )
-    yield histogram(
-        "lbd_server_connect_time_seconds",
-        "Time to open a TCP connection.",
-        labels,
-        (([s.backend_name, s.name], s.counters.connect_time) for s in servers),
     )
 
 
@@ -357,6 +418,24 @@ def _server_state(labels: Sequence[str], servers: Sequence[ServerState]) -> Iter
         "1 when health checks see the server up, else 0.",
         labels,
         (([s.backend_name, s.name], int(s.up)) for s in servers),
+    )
+    yield counter(
+        "lbd_server_check_failures_total",
+        "Failed health checks while the server was not DOWN (HAProxy's chkfail).",
+        labels,
+        (([s.backend_name, s.name], s.health.check_failures) for s in servers),
+    )
+    yield counter(
+        "lbd_server_check_down_transitions_total",
+        "UP to DOWN transitions of the server (HAProxy's chkdown).",
+        labels,
+        (([s.backend_name, s.name], s.health.downs) for s in servers),
+    )
+    yield counter(
+        "lbd_server_downtime_seconds_total",
+        "Time the server has spent DOWN, the current down period included.",
+        labels,
+        (([s.backend_name, s.name], s.health.downtime()) for s in servers),
     )
     yield gauge(
         "lbd_server_weight",

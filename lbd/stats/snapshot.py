@@ -58,8 +58,28 @@ class Traffic(TypedDict):
     latency: Latency
 
 
-class ModuleStats(Traffic):
+class Timings(TypedDict):
+    """The server-side phases of a request, apart from the total (`latency`)."""
+
+    header_time: Latency  # sent to a server → its response head (HAProxy's Tr)
+    connect_time: Latency  # new server connections only (pooled ones cost nothing)
+    queue_time: Latency  # requests that waited for a server slot (maxconn) only
+
+
+class ModuleServerStats(TypedDict):
+    """One module's traffic on one server (the pairs that have carried a request)."""
+
+    backend: str
+    server: str
+    requests: int  # finished requests of this module answered by this server
+    share: float  # of this module's requests answered by any server, 0.0 … 1.0
+    responses: dict[str, int]  # CODE_ORDER → count
+    latency: Latency
+
+
+class ModuleStats(Traffic, Timings):
     error_rate: float  # share of answered requests that got a 5xx, 0.0 … 1.0
+    servers: list[ModuleServerStats]  # in configuration order
 
 
 class FrontendStats(Traffic):
@@ -95,9 +115,17 @@ class ServerStats(Traffic, ErrorCounts):
     connections: int  # new TCP connections opened
     idle_connections: int  # pooled keep-alive connections waiting for reuse
     connect_time: Latency
+    header_time: Latency
+    checked: bool  # has a health check (the check counters stay 0 without one)
+    check_failures: int  # failed checks while not DOWN (HAProxy's chkfail)
+    check_downs: int  # UP -> DOWN transitions (chkdown)
+    downtime: float  # seconds spent DOWN, the current down period included
 
 
-class BackendStats(Traffic, ErrorCounts):
+class BackendStats(Traffic, ErrorCounts, Timings):
+    queue_cur: int  # requests waiting for a server slot now
+    queue_max: int  # highest queue length seen
+    queue_timeouts: int  # requests answered 503 after timeouts.queue in the queue
     balance: str
     status: str  # UP while at least one server is usable, else DOWN
     weight: int  # sum of the usable active servers' weights
@@ -176,7 +204,7 @@ def snapshot(
             "uptime_seconds": round(max(0.0, time.time() - started_at), 3),
             "generation": runtime.generation,
         },
-        "frontends": [_frontend(fe, rates) for fe in runtime.frontends.values()],
+        "frontends": [_frontend(runtime, fe, rates) for fe in runtime.frontends.values()],
         "backends": [_backend(be, rates) for be in runtime.backends.values()],
     }
 
@@ -234,13 +262,55 @@ def _errors(c: BackendCounters) -> ErrorCounts:
     }
 
 
-def _module(fe: str, name: str, c: TrafficCounters, rates: dict[RateKey, float]) -> ModuleStats:
+def _timings(c: TrafficCounters) -> Timings:
+    return {
+        "header_time": latency(c.header_time),
+        "connect_time": latency(c.connect_time),
+        "queue_time": latency(c.queue_time),
+    }
+
+
+def module_servers(
+    runtime: Runtime, fe: FrontendRuntime, module: str
+) -> list[tuple[ServerState, TrafficCounters]]:
+    """The servers that answered `module`'s requests, with the pair's counters, in configuration
+    order. Pairs of servers no longer configured (kept across a reload) are left out."""
+    table = fe.module_servers
+    pairs = ((s, table.get((module, s.backend_name, s.name))) for s in runtime.servers.values())
+    return [(s, c) for s, c in pairs if c is not None]
+
+
+def _module_server(s: ServerState, c: TrafficCounters, total: int) -> ModuleServerStats:
+    return {
+        "backend": s.backend_name,
+        "server": s.name,
+        "requests": c.requests,
+        "share": c.requests / total if total else 0.0,
+        "responses": responses(c),
+        "latency": latency(c.response_time),
+    }
+
+
+def _module(
+    runtime: Runtime,
+    fe: FrontendRuntime,
+    name: str,
+    c: TrafficCounters,
+    rates: dict[RateKey, float],
+) -> ModuleStats:
     answered = sum(c.responses)
     err = c.responses[CLASS_LABELS.index("5xx")] / answered if answered else 0.0
-    return {**_traffic(name, c, rates.get(("module", fe, name), 0.0)), "error_rate": err}
+    pairs = module_servers(runtime, fe, name)
+    total = sum(pc.requests for _, pc in pairs)
+    return {
+        **_traffic(name, c, rates.get(("module", fe.name, name), 0.0)),
+        **_timings(c),
+        "error_rate": err,
+        "servers": [_module_server(s, pc, total) for s, pc in pairs],
+    }
 
 
-def _frontend(fe: FrontendRuntime, rates: dict[RateKey, float]) -> FrontendStats:
+def _frontend(runtime: Runtime, fe: FrontendRuntime, rates: dict[RateKey, float]) -> FrontendStats:
     c = fe.counters
     malformed = dict(sorted(c.malformed.items()))
     return {
@@ -252,7 +322,7 @@ def _frontend(fe: FrontendRuntime, rates: dict[RateKey, float]) -> FrontendStats
         "malformed_total": sum(malformed.values()),
         "captures": fe.captures.to_json(),
         "captures_overflow": fe.captures.overflow,
-        "modules": [_module(fe.name, n, mc, rates) for n, mc in fe.module_counters.items()],
+        "modules": [_module(runtime, fe, n, mc, rates) for n, mc in fe.module_counters.items()],
     }
 
 
@@ -272,6 +342,11 @@ def _server(s: ServerState, rates: dict[RateKey, float]) -> ServerStats:
         "connections": c.connections,
         "idle_connections": s.pool.idle_count,
         "connect_time": latency(c.connect_time),
+        "header_time": latency(c.header_time),
+        "checked": s.health.checked,
+        "check_failures": s.health.check_failures,
+        "check_downs": s.health.downs,
+        "downtime": round(s.health.downtime(), 3),
     }
 
 
@@ -281,6 +356,10 @@ def _backend(be: BackendRuntime, rates: dict[RateKey, float]) -> BackendStats:
     return {
         **_traffic(be.name, be.counters, rates.get(("backend", be.name), 0.0)),
         **_errors(be.counters),
+        **_timings(be.counters),
+        "queue_cur": be.counters.queue_cur,
+        "queue_max": be.counters.queue_max,
+        "queue_timeouts": be.counters.queue_timeouts,
         "balance": be.config.balance.algorithm,
         "status": "UP" if usable else "DOWN",
         "weight": sum(s.weight for s in active),
