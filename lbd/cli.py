@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 from lbd import __version__
 from lbd.errors import ConfigErrors
+
+if TYPE_CHECKING:
+    from lbd.config.schema import Config
 
 DEFAULT_CONFIG = "/etc/lbd/lbd.yaml"
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_START = 0, 1, 2, 3
@@ -78,24 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def cmd_check(path: str) -> int:
+def _load(path: str, errors_to: TextIO) -> Config | None:
+    """The validated configuration, or None after printing one `FILE:LINE: key: message` line
+    per error (unreadable files included: the loader reports them the same way)."""
     from lbd.config.load import load_config
 
     try:
-        load_config(path)
+        return load_config(path)
     except ConfigErrors as errors:
         for err in errors.errors:
-            print(err, file=sys.stdout)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"{path}: cannot read: {exc.strerror}", file=sys.stdout)
+            print(err, file=errors_to)
+        return None
+
+
+def cmd_check(path: str) -> int:
+    if _load(path, sys.stdout) is None:
         return EXIT_CONFIG
     print("configuration valid")
     return EXIT_OK
 
 
 def cmd_run(path: str, log_level: str) -> int:
-    from lbd.config.load import load_config
     from lbd.process.worker import StartError, Worker
 
     logging.basicConfig(
@@ -103,14 +110,8 @@ def cmd_run(path: str, log_level: str) -> int:
         format="%(asctime)s lbd[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        cfg = load_config(path)
-    except ConfigErrors as errors:
-        for err in errors.errors:
-            print(err, file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+    cfg = _load(path, sys.stderr)
+    if cfg is None:
         return EXIT_CONFIG
 
     import uvloop

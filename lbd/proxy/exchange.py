@@ -594,40 +594,42 @@ class Exchange:
 
     def upstream_failed(self, conn: UpstreamConnection, reason: str, status: int) -> None:
         """The server sent something unparseable."""
-        conn.exchange = None
-        conn.abort()
-        if self.upstream is conn:
-            self.upstream = None
-        if self.done:
+        if self._drop_failed(conn):
             return
         if self.server is not None:
             passive.broken(self.server, reason)
-        self._count_response_error()
-        if self.resp_started:
-            self.term = "SD"
-            self._abort_response(reason)
-        else:
-            self.term = "SH"
-            self.reply_local(status, wire.error_response(status, True))
+        self._server_error("S", reason, status)
 
     def upstream_timeout(self, conn: UpstreamConnection) -> None:
+        """The server stayed silent for timeouts.server."""
+        if self._drop_failed(conn):
+            return
+        if self.server is not None:
+            passive.timeout(self.server)
+        if not self.resp_started and self._may_resend("response-timeout"):
+            self._count_response_error()
+            self._resend(counted=True)
+            return
+        self._server_error("s", "server timeout", 504)
+
+    def _drop_failed(self, conn: UpstreamConnection) -> bool:
+        """Abort a failed server connection; True if this exchange has nothing left to do."""
         conn.exchange = None
         conn.abort()
         if self.upstream is conn:
             self.upstream = None
-        if self.done:
-            return
-        if self.server is not None:
-            passive.timeout(self.server)
+        return self.done
+
+    def _server_error(self, who: str, reason: str, status: int) -> None:
+        """Answer `status` if nothing went to the client yet, else close it (never a second
+        status line). `who` is HAProxy's first termination letter: S error, s timeout."""
         self._count_response_error()
         if self.resp_started:
-            self.term = "sD"
-            self._abort_response("server timeout")
-        elif self._may_resend("response-timeout"):
-            self._resend(counted=True)
+            self.term = who + "D"
+            self._abort_response(reason)
         else:
-            self.term = "sH"
-            self.reply_local(504, wire.error_response(504, True))
+            self.term = who + "H"
+            self.reply_local(status, wire.error_response(status, True))
 
     def _retry_or_fail(self, conn: UpstreamConnection, reason: str, status: int) -> None:
         """The server closed without answering. A reused connection closed before answering is
