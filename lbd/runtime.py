@@ -27,6 +27,7 @@ from lbd.state import ServerState
 from lbd.stats.counters import BackendCounters, FrontendCounters, TrafficCounters
 
 if TYPE_CHECKING:
+    from lbd.logs.access import AccessLog
     from lbd.proxy.exchange import Exchange
 
 log = logging.getLogger("lbd.runtime")
@@ -182,6 +183,9 @@ class Runtime:
     backends: dict[str, BackendRuntime]
     generation: int = 0
     servers: dict[tuple[str, str], ServerState] = field(default_factory=dict)
+    # Where requests of this snapshot log (set by the worker; None with `log.access: off`):
+    # a reload that changes `global.log` gives new requests a new target at the swap.
+    access_log: AccessLog | None = None
 
 
 class RuntimeHolder:
@@ -268,8 +272,15 @@ def describe_changes(old: Config, new: Config) -> list[str]:
         if o.address != n.address:
             changes.append(f"address {b}/{s}: {o.address} -> {n.address}")
     for name in sorted(new_be.keys() & old_be.keys()):
-        if old_be[name].balance != new_be[name].balance:
-            changes.append(f"balance {name}: {new_be[name].balance.algorithm}")
+        o_be, n_be = old_be[name], new_be[name]
+        if o_be.balance != n_be.balance:
+            changes.append(f"balance {name}: {n_be.balance.algorithm}")
+        if o_be.health_check != n_be.health_check:
+            changes.append(f"health_check changed: backend {name}")
+        if o_be.observe != n_be.observe:
+            changes.append(f"observe changed: backend {name}")
+        if o_be.sticky != n_be.sticky:
+            changes.append(f"sticky changed: backend {name}")
     old_fe = {f.name: f for f in old.frontends}
     new_fe = {f.name: f for f in new.frontends}
     changes += [f"frontend added: {n}" for n in sorted(new_fe.keys() - old_fe.keys())]

@@ -240,3 +240,31 @@ async def test_sigterm_lets_slow_request_finish(tmp_path: Path, mocks: list[Runn
         await resp.read()
         resp.release()
     assert await daemon.stop() == 0
+
+
+async def test_reload_applies_a_new_access_log_target(
+    tmp_path: Path, mocks: list[RunningMock]
+) -> None:
+    port = _free_port()
+    sock = tmp_path / "admin.sock"
+    servers = [{"name": "m0", "address": f"127.0.0.1:{mocks[0].port}"}]
+    daemon = Daemon(tmp_path, _config(port, sock, servers))
+    await daemon.start(port)
+    try:
+        log_file = tmp_path / "access.log"
+        config = _config(port, sock, servers)
+        config["global"]["log"] = {"access": str(log_file), "format": "json"}
+        daemon.write(config)
+        res = daemon.lbd("reload")
+        assert res.returncode == 0, res.stderr
+        assert "access log: off (httplog) -> " in res.stdout
+        async with aiohttp.ClientSession() as session:
+            assert await _get(session, port, "/accueil/after-reload") == "m0"
+        for _ in range(100):  # the writer thread flushes every 100 ms
+            if log_file.exists() and "after-reload" in log_file.read_text():
+                break
+            await asyncio.sleep(0.05)
+        line = log_file.read_text().strip().splitlines()[-1]
+        assert '"path":"/accueil/after-reload"' in line and '"server":"m0"' in line
+    finally:
+        assert await daemon.stop() == 0

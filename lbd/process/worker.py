@@ -89,6 +89,7 @@ class Worker:
         self.health.start(self.holder)  # before listeners: `init_state: down` holds at once
         if cfg.global_.log.access != "off":
             self.access_log = AccessLog(cfg.global_.log.access, cfg.global_.log.format)
+            self.holder.runtime.access_log = self.access_log
         await self._open_listeners(cfg)
         await self._start_side_servers(cfg)
         # Everything allocated so far lives as long as the process: keep the cyclic GC from
@@ -153,10 +154,9 @@ class Worker:
         holder = self.holder
         assert holder is not None
         connections = self.connections
-        worker = self
 
         def make() -> ClientConnection:
-            conn = _TrackedClient(holder, listener.frontend_name, b"http", worker.access_log)
+            conn = _TrackedClient(holder, listener.frontend_name, b"http")
             conn.registry = connections
             return conn
 
@@ -224,6 +224,8 @@ class Worker:
             return False, str(exc)
         old = self.runtime
         new = build_runtime(new_cfg, old, loop)
+        log_change = self._swap_access_log(old.config, new_cfg)
+        new.access_log = self.access_log
         assert self.holder is not None
         self.holder.runtime = new  # the swap: one assignment
         self.health.reload(old, new)  # same tick: no request sees unconfigured health
@@ -232,9 +234,23 @@ class Worker:
         for identity, state in old.servers.items():
             if identity not in new.servers or new.servers[identity] is not state:
                 state.pool.close_idle()
-        changes = [*added, *removed, *describe_changes(old.config, new_cfg)]
+        changes = [*added, *removed, *log_change, *describe_changes(old.config, new_cfg)]
         log.info("configuration reloaded (generation %d)", new.generation)
         return True, "\n".join(changes) if changes else "no change"
+
+    def _swap_access_log(self, old: Config, new: Config) -> list[str]:
+        """A changed `global.log` gets a new access log. The old one keeps serving requests that
+        finish on the old snapshot, then closes (off the loop: closing joins its thread)."""
+        before, after = old.global_.log, new.global_.log
+        if before == after:
+            return []
+        previous = self.access_log
+        self.access_log = AccessLog(after.access, after.format) if after.access != "off" else None
+        if previous is not None:
+            loop = asyncio.get_running_loop()
+            grace = max((f.timeouts.shutdown for f in new.frontends), default=30.0)
+            loop.call_later(grace, lambda: loop.run_in_executor(None, previous.close))
+        return [f"access log: {before.access} ({before.format}) -> {after.access} ({after.format})"]
 
     def _close_removed_listeners(self, cfg: Config) -> list[str]:
         wanted = {addr for fe in cfg.frontends for addr in fe.bind}

@@ -25,7 +25,6 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -67,7 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbd.proxy")
 
-AccessLogSink = Callable[[Exchange, float], None]
 
 # Why reading is paused (bit flags; reading resumes when none is set).
 PAUSE_UPSTREAM = 1  # the server connection's write buffer is full
@@ -119,7 +117,6 @@ class ClientConnection(asyncio.Protocol):
         "_url",
         "_url_chunk",
         "_writing_paused",
-        "access_log",
         "deadline",
         "loop",
         "peer_ip",
@@ -134,14 +131,12 @@ class ClientConnection(asyncio.Protocol):
         holder: RuntimeHolder,
         frontend_name: str,
         proto: bytes = b"http",
-        access_log: AccessLogSink | None = None,
     ) -> None:
         # --- connection lifetime
         self.loop = asyncio.get_running_loop()
         self._holder = holder
         self._frontend_name = frontend_name
         self.proto = proto
-        self.access_log = access_log
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.deadline = Deadline(self.loop, self._on_timeout)

@@ -769,7 +769,7 @@ class Exchange:
                 c.bytes_in += sent
                 c.bytes_out += received
                 c.response_time.observe_at(bucket, elapsed)
-        log_sink = self.client.access_log
+        log_sink = self.runtime.access_log
         if log_sink is not None:
             log_sink(self, elapsed)
         if server is not None:
