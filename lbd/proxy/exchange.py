@@ -288,16 +288,16 @@ class Exchange:
         self.reply_local(503, wire.error_response(503, True))
 
     def _counter_set(self, server: ServerState | None) -> tuple[TrafficCounters, ...]:
-        """The counters one server-side event belongs to: module, backend, server, and the
-        module × server pair (what the stats page shows as "which servers serve it")."""
-        fe = self.fe
-        mc = fe.module_counters[self.module]
+        """The counters a server-side timing (connect, queue, response head) belongs to:
+        module, backend, server. The module × server pair only counts requests, responses,
+        bytes and total time (what "served by" shows), in _account."""
+        mc = self.fe.module_counters[self.module]
         backend = self.backend
         if backend is None:
             return (mc,)
         if server is None:
             return (mc, backend.counters)
-        return (mc, backend.counters, server.counters, self._module_server(server))
+        return (mc, backend.counters, server.counters)
 
     def _module_server(self, server: ServerState) -> TrafficCounters:
         """Counters of this request's module on this server, created on first use. Bounded:
