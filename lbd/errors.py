@@ -66,13 +66,3 @@ class NotImplementedMethod(BadRequest):
 
 class VersionNotSupported(BadRequest):
     status = 505
-
-
-class UpstreamError(LbdError):
-    """A failure on the server leg; `retryable` says whether no byte of the request was sent."""
-
-    def __init__(self, reason: str, status: int, retryable: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.retryable = retryable

@@ -8,34 +8,22 @@ case preserved; only the few headers that change framing or routing are looked a
 from __future__ import annotations
 
 # Header names the proxy reacts to, mapped to small codes so `classify` does one dict lookup.
+# Only headers `classify` reads are here: any other name costs one failed lookup. (Hop-by-hop
+# and X-Forwarded-* headers are dropped by name when the head is rebuilt, in exchange.py.)
 H_HOST = 1
 H_CONTENT_LENGTH = 2
 H_TRANSFER_ENCODING = 3
 H_CONNECTION = 4
-H_EXPECT = 5
-H_UPGRADE = 6
-H_XFF = 7
-H_XFP = 8
-H_XFH = 9
-H_HOP = 10  # other hop-by-hop headers that are simply dropped
-H_COOKIE = 11
+H_UPGRADE = 5
+H_XFF = 6
 
 SPECIAL_HEADERS: dict[bytes, int] = {
     b"host": H_HOST,
     b"content-length": H_CONTENT_LENGTH,
     b"transfer-encoding": H_TRANSFER_ENCODING,
     b"connection": H_CONNECTION,
-    b"expect": H_EXPECT,
     b"upgrade": H_UPGRADE,
     b"x-forwarded-for": H_XFF,
-    b"x-forwarded-proto": H_XFP,
-    b"x-forwarded-host": H_XFH,
-    b"keep-alive": H_HOP,
-    b"proxy-connection": H_HOP,
-    b"te": H_HOP,
-    b"trailer": H_HOP,
-    b"proxy-authorization": H_HOP,
-    b"cookie": H_COOKIE,
 }
 
 
@@ -46,7 +34,6 @@ class RequestHead:
         "chunked",
         "connection_tokens",
         "content_length",
-        "expect_continue",
         "headers",
         "host",
         "keep_alive",
@@ -54,7 +41,6 @@ class RequestHead:
         "path",
         "query",
         "target",
-        "transfer_encoding",
         "upgrade",
         "version",
         "xff",
@@ -72,10 +58,8 @@ class RequestHead:
         self.host: bytes | None = None
         self.content_length: int | None = None
         self.chunked = False
-        self.transfer_encoding: bytes | None = None  # raw comma-joined value when present
         self.keep_alive = True
         self.upgrade: bytes | None = None  # the Upgrade value when the client asks to upgrade
-        self.expect_continue = False
         self.connection_tokens: frozenset[bytes] = EMPTY_TOKENS
         self.xff: bytes | None = None  # existing X-Forwarded-For value(s), comma-joined
 

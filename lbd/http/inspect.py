@@ -32,7 +32,6 @@ from lbd.errors import BadRequest, NotImplementedMethod, VersionNotSupported
 from lbd.http.head import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
-    H_EXPECT,
     H_HOST,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
@@ -40,6 +39,7 @@ from lbd.http.head import (
     SPECIAL_HEADERS,
     RequestHead,
     parse_connection_tokens,
+    split_target,
 )
 from lbd.http.target import TargetReport, analyze, is_clean, valid_host
 
@@ -102,8 +102,6 @@ def classify(head: RequestHead, allowed_methods: frozenset[bytes] | None = None)
                 te_values.append(value)
         elif code == H_CONNECTION:
             connection = value if connection is None else connection + b"," + value
-        elif code == H_EXPECT:
-            head.expect_continue = value.strip().lower() == b"100-continue"
         elif code == H_UPGRADE:
             upgrade = value
         elif code == H_XFF:
@@ -158,7 +156,6 @@ def _check_transfer_encoding(head: RequestHead, values: list[bytes], has_cl: boo
             raise HeadRejected("bad-transfer-encoding", header=b"Transfer-Encoding")
         raise NotImplementedMethod("unsupported-transfer-encoding", te.decode("latin-1"))
     head.chunked = True
-    head.transfer_encoding = te
 
 
 def inspect_target(head: RequestHead) -> TargetReport | None:
@@ -167,12 +164,7 @@ def inspect_target(head: RequestHead) -> TargetReport | None:
     target to forward unless the url_policy normalizes it."""
     target = head.target
     if is_clean(target):
-        q = target.find(b"?")
-        if q < 0:
-            head.path = target
-        else:
-            head.path = target[:q]
-            head.query = target[q + 1 :]
+        head.path, head.query = split_target(target)
         return None
     report = analyze(head.method, target, head.host)
     head.path = report.path

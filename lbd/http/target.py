@@ -287,11 +287,10 @@ def _scan_path(path: bytes, base: int, violations: list[Violation]) -> None:
         i = m.start()
         c = path[i]
         if c == 0x25:  # '%'
-            pair = path[i + 1 : i + 3]
-            if len(pair) < 2 or pair[0] not in _HEXDIGITS or pair[1] not in _HEXDIGITS:
+            if not _is_pct(path, i + 1):
                 violations.append(Violation(BAD_PERCENT, base + i, False))
                 continue
-            value = int(pair, 16)
+            value = int(path[i + 1 : i + 3], 16)
             if value == 0x25 and _is_pct(path, i + 3):
                 # A literal '%' that itself starts a valid escape: a backend that decodes twice
                 # reads another path than we route on (OWASP: double encoding).
@@ -317,10 +316,9 @@ def _scan_query(query: bytes, base: int, violations: list[Violation]) -> None:
         i = m.start()
         c = query[i]
         if c == 0x25:  # '%'
-            pair = query[i + 1 : i + 3]
-            if len(pair) < 2 or pair[0] not in _HEXDIGITS or pair[1] not in _HEXDIGITS:
+            if not _is_pct(query, i + 1):
                 violations.append(Violation(BAD_PERCENT, base + i, False))
-            elif pair == b"00":
+            elif query[i + 1 : i + 3] == b"00":
                 violations.append(Violation(ENCODED_NUL, base + i, False))
             # %0A and friends are legitimate in a query (a multi-line form value).
         else:

@@ -1,14 +1,13 @@
-"""Bytes that lbd writes itself: status lines, canned error responses and the Date header.
+"""Bytes that lbd writes itself: status lines and canned responses.
 
-Rules: everything here is built once (at import, or once a second for Date) and reused; nothing
-is formatted per request. Canned responses are small, carry a Content-Type and a Content-Length,
-and say `Connection: close` when lbd is about to close, so the client's state stays correct.
+Rules: everything here is built once (at import, or per configuration) and reused; nothing
+is formatted per request. Canned responses are small and carry a Content-Type and a
+Content-Length. Every answer lbd gives itself closes the connection and says so
+(`Connection: close`): the request it answers may have a body lbd never read.
 """
 
 from __future__ import annotations
 
-import time
-from email.utils import formatdate
 from http import HTTPStatus
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies must also drop.
@@ -47,25 +46,6 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
-class DateHeader:
-    """`Date:` value, formatted at most once a second (uvicorn does the same)."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True).encode("ascii")
-        return self._value
-
-
-DATE = DateHeader()
-
 _ERROR_MESSAGES = {
     400: "Your browser sent an invalid request.",
     403: "Request forbidden by administrative rules.",
@@ -85,7 +65,7 @@ _ERROR_MESSAGES = {
 }
 
 
-def _canned(status: int, close: bool) -> bytes:
+def _canned(status: int) -> bytes:
     # The HTML mirrors HAProxy's short error pages: no version, no server name.
     message = _ERROR_MESSAGES.get(status, reason_phrase(status))
     body = (
@@ -96,49 +76,39 @@ def _canned(status: int, close: bool) -> bytes:
         + b"Content-Type: text/html; charset=utf-8\r\n"
         + b"Content-Length: %d\r\n" % len(body)
         + b"Cache-Control: no-cache\r\n"
-        + (b"Connection: close\r\n" if close else b"")
+        + b"Connection: close\r\n"
     )
     return head + b"\r\n" + body
 
 
-# (status, close) → full response bytes (head and body). Date is not part of these on purpose:
-# error pages are rare and HAProxy's carry none either.
-_CANNED: dict[tuple[int, bool], bytes] = {
-    (status, close): _canned(status, close) for status in _ERROR_MESSAGES for close in (False, True)
-}
+# status → full response bytes (head and body). No Date header: error pages are rare and
+# HAProxy's carry none either.
+_CANNED: dict[int, bytes] = {status: _canned(status) for status in _ERROR_MESSAGES}
 
 
-def error_response(status: int, close: bool, head_only: bool = False) -> bytes:
-    """A complete small error response; `head_only` for answers to HEAD."""
-    data = _CANNED.get((status, close)) or _canned(status, close)
-    if head_only:
-        return data[: data.index(b"\r\n\r\n") + 4]
-    return data
+def error_response(status: int) -> bytes:
+    """A complete small error response (answers to HEAD are trimmed by the caller)."""
+    return _CANNED.get(status) or _canned(status)
 
 
 def simple_response(
     status: int,
     body: bytes,
     content_type: bytes,
-    close: bool,
-    extra_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = (),
-    head_only: bool = False,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """A response built from config (`return:` and `redirect:` actions); not per-request hot."""
+    """A response built from config (`return:` and `redirect:` actions); built once per config."""
     parts = [status_line(status)]
     for name, value in extra_headers:
         parts.append(name + b": " + value + b"\r\n")
     parts.append(b"Content-Type: " + content_type + b"\r\n")
     parts.append(b"Content-Length: %d\r\n" % len(body))
-    if close:
-        parts.append(b"Connection: close\r\n")
+    parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
-    if not head_only:
-        parts.append(body)
+    parts.append(body)
     return b"".join(parts)
 
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNK_END = b"0\r\n\r\n"
 
 

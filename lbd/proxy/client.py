@@ -33,6 +33,7 @@ from lbd.errors import (
     BadRequest,
     BodyTooLarge,
     HeadersTooLarge,
+    RequestTimeout,
     UriTooLong,
     VersionNotSupported,
 )
@@ -503,7 +504,7 @@ class ClientConnection(asyncio.Protocol):
             self._capture_refusal(err, raw)
         except Exception:  # a record must never keep the client from its answer
             log.exception("recording a refused request failed")
-        response = wire.error_response(err.status, close=True)
+        response = wire.error_response(err.status)
         ex = self._parsing
         if ex is not None:
             self._parsing = None
@@ -669,7 +670,7 @@ class ClientConnection(asyncio.Protocol):
             if self._url or self._headers:
                 # Slowloris: a head that never completes gets 408 (HAProxy's `timeout
                 # http-request`); a connection that never sent a byte is closed silently.
-                self._bad_request(BadRequest("request-timeout", status=408))
+                self._bad_request(RequestTimeout("request-timeout"))
             else:
                 self._close()
         elif phase == BODY and self._active is not None and not self._active.resp_started:
@@ -678,7 +679,7 @@ class ClientConnection(asyncio.Protocol):
             self._parsing = None
             ex.req_done = True
             ex.term = "cR"
-            ex.reply_local(408, wire.error_response(408, close=True))
+            ex.reply_local(408, wire.error_response(408))
         elif phase == IDLE:
             self._close()
         else:

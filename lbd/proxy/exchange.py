@@ -192,7 +192,7 @@ class Exchange:
             if target.denied:
                 fe.counters.denied += 1
             self.term = "PR" if target.denied else "LR"  # blocked / answered locally
-            self.reply_local(target.status, target.response(True))
+            self.reply_local(target.status, target.response)
             return
         backend = self.runtime.backends[target]
         self.backend = backend
@@ -221,7 +221,7 @@ class Exchange:
         if server is None:
             backend.counters.no_server += 1
             self.term = "SC"
-            self.reply_local(503, wire.error_response(503, True))
+            self.reply_local(503, wire.error_response(503))
             return
         if avoid is not None and server is not avoid:
             backend.counters.redispatches += 1
@@ -246,7 +246,7 @@ class Exchange:
         bc = backend.counters
         if backend.queue_limit and len(backend.queue) >= backend.queue_limit:
             self.term = "sQ"
-            self.reply_local(503, wire.error_response(503, True))
+            self.reply_local(503, wire.error_response(503))
             return
         backend.queue.append(self)
         bc.queue_cur += 1
@@ -285,7 +285,7 @@ class Exchange:
         self.queue_wait += waited
         self._observe_queue(waited)
         self.term = "sQ"
-        self.reply_local(503, wire.error_response(503, True))
+        self.reply_local(503, wire.error_response(503))
 
     def _counter_set(self, server: ServerState | None) -> tuple[TrafficCounters, ...]:
         """The counters a server-side timing (connect, queue, response head) belongs to:
@@ -381,7 +381,7 @@ class Exchange:
             self._dispatch(server if backend.config.redispatch else None)
             return
         self.term = "SC"
-        self.reply_local(503, wire.error_response(503, True))
+        self.reply_local(503, wire.error_response(503))
 
     # --- request body, from the client connection -------------------------------------------------
 
@@ -629,7 +629,7 @@ class Exchange:
             self._abort_response(reason)
         else:
             self.term = who + "H"
-            self.reply_local(status, wire.error_response(status, True))
+            self.reply_local(status, wire.error_response(status))
 
     def _retry_or_fail(self, conn: UpstreamConnection, reason: str, status: int) -> None:
         """The server closed without answering. A reused connection closed before answering is
@@ -643,7 +643,7 @@ class Exchange:
             return
         self._count_response_error()
         self.term = "SH"
-        self.reply_local(status, wire.error_response(status, True))
+        self.reply_local(status, wire.error_response(status))
 
     def _may_resend(self, cause: str, free: bool = False) -> bool:
         """May this request be sent again? Only idempotent ones whose every byte is still held
@@ -709,8 +709,8 @@ class Exchange:
     # --- local answers and the end -----------
 
     def reply_local(self, status: int, data: bytes) -> None:
-        """Answer from lbd itself (deny, redirect, errors). Always closes the client connection
-        when the request body is not fully read, so no unread byte is taken for a request."""
+        """Answer from lbd itself (deny, redirect, errors), then close the client connection:
+        the request may have a body lbd never read, which must not be taken for a request."""
         conn = self.upstream
         if conn is not None:
             self.upstream = None
@@ -719,8 +719,7 @@ class Exchange:
         self.status = status
         self.resp_started = True
         self.resp_done = True
-        if not self.req_done or b"Connection: close" in data[: data.find(b"\r\n\r\n")]:
-            self.client_close = True
+        self.client_close = True  # every local answer closes: see http/wire.py
         if self.head.method == b"HEAD":
             data = data[: data.find(b"\r\n\r\n") + 4]
         self.resp_bytes += len(data)

@@ -111,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         ex.response_body(data)
         ex.response_complete()
+
     def eof_received(self) -> bool | None:
         return None  # let asyncio close the transport; connection_lost follows
 

@@ -19,15 +19,11 @@ OTHER_MODULE = "other"
 
 @dataclass(frozen=True, slots=True)
 class LocalAnswer:
-    """An answer lbd gives itself. `response(close)` is precomputed for both connection modes."""
+    """An answer lbd gives itself, built once per configuration (it closes the connection)."""
 
     status: int
-    keep_alive_bytes: bytes
-    close_bytes: bytes
+    response: bytes
     denied: bool
-
-    def response(self, close: bool) -> bytes:
-        return self.close_bytes if close else self.keep_alive_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,35 +37,22 @@ class CompiledRule:
 
 def _answer(rule: Rule) -> LocalAnswer | None:
     if rule.deny is not None:
-        return LocalAnswer(
-            rule.deny,
-            wire.error_response(rule.deny, close=False),
-            wire.error_response(rule.deny, close=True),
-            denied=True,
-        )
+        return LocalAnswer(rule.deny, wire.error_response(rule.deny), denied=True)
     if rule.redirect is not None:
         r = rule.redirect
-        extra = ((b"Location", r.location.encode()),)
-
-        def build(close: bool) -> bytes:
-            return wire.simple_response(r.code, b"", b"text/plain", close, extra)
-
-        return LocalAnswer(r.code, build(False), build(True), denied=False)
+        location = ((b"Location", r.location.encode()),)
+        return LocalAnswer(
+            r.code, wire.simple_response(r.code, b"", b"text/plain", location), denied=False
+        )
     if rule.return_ is not None:
         ret = rule.return_
-        body = ret.body.encode()
-        ctype = ret.content_type.encode()
-        return LocalAnswer(
-            ret.status,
-            wire.simple_response(ret.status, body, ctype, False),
-            wire.simple_response(ret.status, body, ctype, True),
-            denied=False,
-        )
+        response = wire.simple_response(ret.status, ret.body.encode(), ret.content_type.encode())
+        return LocalAnswer(ret.status, response, denied=False)
     return None
 
 
 class Router:
-    __slots__ = ("_modules", "_rules", "default_backend", "module_names", "needs_src")
+    __slots__ = ("_modules", "_rules", "default_backend", "needs_src")
 
     def __init__(self, frontend: Frontend) -> None:
         self.default_backend = frontend.default_backend
@@ -84,7 +67,6 @@ class Router:
             for r in frontend.rules
         )
         self._modules = tuple((compile_matcher(m.match), m.name) for m in frontend.modules)
-        self.module_names = (*(m.name for m in frontend.modules), OTHER_MODULE)
         # The client address object is only built per request when some matcher reads it.
         matchers = [r.when for r in frontend.rules] + [m.match for m in frontend.modules]
         self.needs_src = any(m.src is not None for m in matchers)

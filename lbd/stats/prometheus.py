@@ -18,6 +18,7 @@ process (lbd.logs.access.open_access_logs); they are absent with `log.access: of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -92,22 +93,25 @@ def render(registry: CollectorRegistry) -> bytes:
 # --- family helpers -------------------------------------------------------------------------------
 
 
-def counter(
-    name: str, doc: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labels)
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _filled(family: _Family, rows: Iterable[tuple[Sequence[str], float]]) -> _Family:
     for values, value in rows:
         family.add_metric(values, value)
     return family
+
+
+def counter(
+    name: str, doc: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]]
+) -> CounterMetricFamily:
+    return _filled(CounterMetricFamily(name, doc, labels=labels), rows)
 
 
 def gauge(
     name: str, doc: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]]
 ) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=labels)
-    for values, value in rows:
-        family.add_metric(values, value)
-    return family
+    return _filled(GaugeMetricFamily(name, doc, labels=labels), rows)
 
 
 def histogram(
