@@ -7,6 +7,7 @@ backends record every byte lbd sent them, so reuse is counted in accepted TCP co
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -299,3 +300,19 @@ async def test_idle_client_connection_is_closed_after_keep_alive_timeout(
     assert (await client.read_response()).body == b"/once"
     # Silently closed (no 408 for an idle keep-alive connection), within a generous bound.
     assert await client.read_until_eof(timeout=5) == b""
+
+
+async def test_a_keep_alive_connection_idle_past_the_parser_trim_still_serves(
+    harness: Harness,
+) -> None:
+    # After IDLE_TRIM_AFTER (1 s) an idle connection drops its request parser; the next request
+    # builds a fresh one, and the keep-alive timeout still counts from the end of the response.
+    backend = await harness.raw_backend(echo_target())
+    lbd = await harness.lbd([backend.port], timeouts={"keep_alive": "3s"})
+    client = await harness.connect(lbd.port)
+    for target in ("/first", "/after-trim", "/again"):
+        await client.send(request("GET", target))
+        assert (await client.read_response()).body == target.encode()
+        await asyncio.sleep(1.5)
+    assert backend.accepted == 1
+    assert await client.read_until_eof(timeout=10) == b""

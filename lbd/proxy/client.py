@@ -82,6 +82,11 @@ MAX_PIPELINE = 32
 BODY_MIN_RATE = 500
 BODY_RATE_WINDOW = 10.0
 
+# A keep-alive connection idle this long drops its request parser (~1 KB with the callbacks it
+# binds) and builds a fresh one when the next request arrives: 25,000 idle browser connections
+# then cost ~25 MB less, while back-to-back requests never pay for a new parser.
+IDLE_TRIM_AFTER = 1.0
+
 # Connection phases, for choosing the timeout that applies.
 IDLE = 0  # between requests: timeouts.keep_alive, closed silently
 HEADERS = 1  # reading a request head: timeouts.http_request → 408
@@ -139,7 +144,7 @@ class ClientConnection(asyncio.Protocol):
         self._frontend_name = frontend_name
         self.proto = proto
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = None  # built on the first byte
         self.deadline = Deadline(self.loop, self._on_timeout)
         self.peer_ip = b"-"
         self.peer_port = 0
@@ -209,6 +214,8 @@ class ClientConnection(asyncio.Protocol):
             self._phase = HEADERS
             self.deadline.set(self._fe.timeouts.http_request)
         self._message_at_start = not self._in_message
+        if self._parser is None:
+            self._parser = httptools.HttpRequestParser(self)
         self._feed(data)
         ex = self._parsing
         if ex is not None and not self._closing:
@@ -259,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
         self._data = data
         while True:
             try:
-                self._parser.feed_data(data)
+                self._parser.feed_data(data)  # type: ignore[union-attr]  # set by data_received
                 return
             except httptools.HttpParserUpgrade as upgrade:
                 rest = data[upgrade.args[0] :]
@@ -347,6 +354,7 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         p = self._parser
+        assert p is not None  # its own callback
         head = RequestHead(p.get_method(), self._url, p.get_http_version().encode(), self._headers)
         self._head = head
         fe = self._fe
@@ -433,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._parsing is None and self._phase == WAIT:
             self._phase = IDLE
-            self.deadline.set(self._fe.timeouts.keep_alive)
+            self.deadline.set(min(IDLE_TRIM_AFTER, self._fe.timeouts.keep_alive))
 
     def close_if_idle(self) -> None:
         """Graceful stop: close now unless a request is in progress."""
@@ -681,7 +689,13 @@ class ClientConnection(asyncio.Protocol):
             ex.term = "cR"
             ex.reply_local(408, wire.error_response(408))
         elif phase == IDLE:
-            self._close()
+            keep_alive = self._fe.timeouts.keep_alive
+            if self._parser is not None and keep_alive > IDLE_TRIM_AFTER:
+                # First stage of the keep-alive wait (see IDLE_TRIM_AFTER); the rest follows.
+                self._parser = None
+                self.deadline.set(keep_alive - IDLE_TRIM_AFTER)
+            else:
+                self._close()
         else:
             # A client that stopped reading its response, or stalled mid-body.
             if self.transport is not None:

@@ -1,54 +1,151 @@
-"""One lazily re-armed timer per connection.
+"""Connection deadlines on one shared, coarse timer wheel per event loop.
 
-Why: a keep-alive request moves a connection through several phases (idle, headers, body,
-waiting), each with its own timeout. Cancelling and creating a loop timer at each phase change
-costs microseconds per request. Instead the deadline is a plain float; the loop timer is only
-re-armed when the new deadline is *earlier* than the one armed, and when a timer fires early
-(the deadline moved later meanwhile) it re-arms itself once.
+Why not a loop timer per connection: a uvloop TimerHandle costs ~600 bytes (a libuv timer plus
+its Python wrapper), and 25,000 idle keep-alive connections would pay 15 MB for timers alone.
+Every connection timeout here is seconds long, so deadlines are filed into slots of
+`RESOLUTION` seconds, and one loop timer wakes for the earliest non-empty slot. A deadline costs
+a slot-set entry instead.
+
+Rules:
+- A deadline never fires early: it is filed in the first slot that starts after it, and a slot
+  that fires re-files any deadline that moved later meanwhile. It may fire up to `RESOLUTION`
+  late, which is nothing next to timeouts of seconds.
+- `set()` is cheap when the deadline moves later (the common case: each keep-alive request pushes
+  the deadline out): the entry stays in its earlier slot and is re-filed once when that slot
+  fires. Only moving a deadline *earlier* touches the wheel.
+- `cancel()` removes the entry at once so a closed connection is not kept alive by the wheel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import weakref
 from collections.abc import Callable
+
+RESOLUTION = 0.05  # seconds per slot
+# A loop timer may wake a little before the instant it was set for (millisecond rounding); a
+# slot counts as due within this fraction of a slot, and anything not yet due is re-filed.
+_EARLY = 0.1
+
+
+class TimerWheel:
+    """The slots of one event loop: slot index → deadlines filed there; one loop timer."""
+
+    __slots__ = ("__weakref__", "_armed", "_handle", "_heap", "_loop", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, set[Deadline]] = {}
+        self._heap: list[int] = []  # slot indices present in _slots, earliest first
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0  # slot index the loop timer is set for; 0: none
+
+    def file(self, deadline: Deadline, when: float) -> None:
+        index = int(when / RESOLUTION) + 1
+        deadline._slot = index
+        deadline._refile_below = (index - 1) * RESOLUTION
+        slot = self._slots.get(index)
+        if slot is None:
+            slot = self._slots[index] = set()
+            heapq.heappush(self._heap, index)
+        slot.add(deadline)
+        if self._armed == 0 or index < self._armed:
+            self._arm(index)
+
+    def unfile(self, deadline: Deadline) -> None:
+        slot = self._slots.get(deadline._slot)
+        if slot is not None:
+            slot.discard(deadline)
+        deadline._slot = 0
+        deadline._refile_below = _NOT_FILED
+
+    def pending(self) -> int:
+        """Deadlines filed (for tests and the memory bench)."""
+        return sum(len(s) for s in self._slots.values())
+
+    def _arm(self, index: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = index
+        self._handle = self._loop.call_at(index * RESOLUTION, self._tick)
+
+    def _tick(self) -> None:
+        self._handle = None
+        self._armed = 0
+        loop = self._loop
+        now = loop.time()
+        due = int(now / RESOLUTION + _EARLY)
+        heap = self._heap
+        while heap and heap[0] <= due:
+            slot = self._slots.pop(heapq.heappop(heap), None)
+            if not slot:
+                continue
+            for deadline in slot:
+                deadline._slot = 0
+                deadline._refile_below = _NOT_FILED
+                when = deadline.when
+                if when == 0.0:
+                    continue
+                if when > now:
+                    self.file(deadline, when)
+                    continue
+                deadline.when = 0.0
+                try:
+                    deadline._callback()
+                except Exception as exc:  # one connection's bug must not stop every timer
+                    loop.call_exception_handler(
+                        {"message": "deadline callback failed", "exception": exc}
+                    )
+        # Callbacks may have filed (and armed) later slots; the earliest slot decides.
+        if heap and self._armed != heap[0]:
+            self._arm(heap[0])
+
+
+_wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerWheel] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def wheel_of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
+    """The loop's wheel, created on first use (one per loop, so tests' loops never share one)."""
+    wheel = _wheels.get(loop)
+    if wheel is None:
+        wheel = _wheels[loop] = TimerWheel(loop)
+    return wheel
+
+
+_NOT_FILED = float("inf")
 
 
 class Deadline:
-    __slots__ = ("_armed_at", "_callback", "_handle", "_loop", "when")
+    """One connection's current deadline: `when` is a loop time, 0 when none is set."""
+
+    __slots__ = ("_callback", "_loop", "_refile_below", "_slot", "_wheel", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
+        self._wheel = wheel_of(loop)
         self._callback = callback
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
-        self.when = 0.0  # 0: no deadline
+        self._slot = 0  # slot index this deadline is filed in; 0: not filed
+        # A new deadline before this instant belongs in an earlier slot than the filed one
+        # (infinite when not filed): `set()` decides with one float comparison.
+        self._refile_below = _NOT_FILED
+        self.when = 0.0
 
     def set(self, seconds: float) -> None:
         when = self._loop.time() + seconds
         self.when = when
-        if self._handle is None or self._armed_at > when:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._armed_at = when
-            self._handle = self._loop.call_at(when, self._fire)
+        if when < self._refile_below:
+            wheel = self._wheel
+            if self._slot:
+                wheel.unfile(self)
+            wheel.file(self, when)
 
     def clear(self) -> None:
-        self.when = 0.0  # the armed timer, if any, will find nothing to do
+        self.when = 0.0  # the filed entry, if any, finds nothing to do when its slot fires
 
     def cancel(self) -> None:
         self.when = 0.0
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _fire(self) -> None:
-        self._handle = None
-        when = self.when
-        if when == 0.0:
-            return
-        if self._loop.time() < when:
-            self._armed_at = when
-            self._handle = self._loop.call_at(when, self._fire)
-            return
-        self.when = 0.0
-        self._callback()
+        if self._slot:
+            self._wheel.unfile(self)
