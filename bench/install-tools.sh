@@ -2,7 +2,7 @@
 # Installs the Debian packages that end-to-end tests and bench/ drive, only when missing.
 set -euo pipefail
 need=()
-for pair in nginx:nginx haproxy:haproxy wrk:wrk curl:curl strace:strace systemd-analyze:systemd promtool:prometheus chromium:chromium; do
+for pair in nginx:nginx haproxy:haproxy wrk:wrk curl:curl openssl:openssl strace:strace systemd-analyze:systemd promtool:prometheus chromium:chromium; do
     cmd=${pair%%:*}; pkg=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

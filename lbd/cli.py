@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="mock EHR backends + lbd with conf/demo.yaml")
     demo.add_argument("-c", "--config", default=None, metavar="FILE")
 
+    # Internal: a worker process spawned by the master (`global.workers` >= 2).
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--control-fd", required=True, type=int)
+    worker.add_argument("--listeners-fd", required=True, type=int)
+    worker.add_argument("--index", required=True, type=int)
+    worker.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
     mock = sub.add_parser("mock", help="run one mock EHR backend")
     mock.add_argument("--name", required=True)
     mock.add_argument("--port", required=True, type=int)
@@ -64,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config)
     if command == "run":
         return cmd_run(args.config, args.log_level)
+    if command == "worker":
+        from lbd.process.child import child_main
+
+        _setup_logging(args.log_level)
+        return child_main(args.control_fd, args.listeners_fd, args.index)
     if command == "mock":
         from lbd.mock.app import mock_main
 
@@ -102,19 +116,31 @@ def cmd_check(path: str) -> int:
     return EXIT_OK
 
 
-def cmd_run(path: str, log_level: str) -> int:
-    from lbd.process.worker import StartError, Worker
-
+def _setup_logging(log_level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s lbd[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def cmd_run(path: str, log_level: str) -> int:
+    from lbd.process.master import worker_count
+    from lbd.process.worker import StartError, Worker
+
+    _setup_logging(log_level)
     cfg = _load(path, sys.stderr)
     if cfg is None:
         return EXIT_CONFIG
 
     import uvloop
+
+    count = worker_count(cfg.global_.workers)
+    if count >= 2:
+        try:
+            return uvloop.run(_serve_master(cfg, count, log_level))
+        except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+            return EXIT_OK
 
     async def serve() -> int:
         worker = Worker(cfg)
@@ -130,6 +156,21 @@ def cmd_run(path: str, log_level: str) -> int:
         return uvloop.run(serve())
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+async def _serve_master(cfg: Config, count: int, log_level: str) -> int:
+    """`global.workers` >= 2: this process binds and supervises; workers serve."""
+    from lbd.process.master import Master
+    from lbd.process.worker import StartError
+
+    master = Master(cfg, count, log_level)
+    try:
+        await master.start()
+    except StartError as exc:
+        print(f"lbd: {exc}", file=sys.stderr)
+        await master.graceful_stop()
+        return EXIT_START
+    return await master.run()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,17 @@ from lbd.balancing.registry import make_balancer
 from lbd.config.schema import Backend, Config, Frontend, Limits, Rule
 from lbd.inspect.policy import UrlPolicies
 from lbd.inspect.store import CaptureStore
+from lbd.limits.access import AccessList
+from lbd.limits.gate import ConnGate
+from lbd.limits.rate import SourceLimiter
 from lbd.proxy.connpool import ConnPool
 from lbd.routing.router import Router
 from lbd.state import ServerState
 from lbd.stats.counters import BackendCounters, FrontendCounters, TrafficCounters
+from lbd.sticky.policy import StickyPolicy
+from lbd.sticky.sweeper import TableSweeper
+from lbd.sticky.table import StickTable
+from lbd.tls.context import FrontendTls, LoadedTls, load_tls
 
 if TYPE_CHECKING:
     from lbd.logs.access import AccessLog
@@ -47,10 +54,16 @@ class BackendRuntime:
         "queue",
         "queue_limit",
         "servers",
+        "sticky",
+        "sweeper",
     )
 
     def __init__(
-        self, config: Backend, servers: list[ServerState], counters: BackendCounters
+        self,
+        config: Backend,
+        servers: list[ServerState],
+        counters: BackendCounters,
+        sweeper: TableSweeper | None = None,
     ) -> None:
         self.name = config.name
         self.host_header = config.name.encode()  # Host for HTTP/1.0 requests that have none
@@ -69,6 +82,13 @@ class BackendRuntime:
         self.queue_limit = sum(limits) if limits and all(limits) else 0
         self.counters = counters
         self._no_server_logged = False
+        # Persistence (cookie, stick table): None keeps the request path to one attribute test.
+        # The table and its sweeper belong to the backend's name and outlive reloads.
+        self.sweeper = sweeper
+        self.sticky: StickyPolicy | None = None
+        if config.sticky is not None:
+            table = sweeper.table if sweeper is not None else None
+            self.sticky = StickyPolicy(config.name, config.sticky, servers, table)
 
     def pick(self, key: bytes | None, avoid: ServerState | None) -> ServerState | None:
         """A server for a new request: actives through the balancer, else the first usable
@@ -137,16 +157,21 @@ class BackendRuntime:
 
 class FrontendRuntime:
     __slots__ = (
+        "acl",
         "allowed_methods",
         "captures",
         "config",
         "counters",
+        "gate",
+        "hsts",
+        "limiter",
         "limits",
         "module_counters",
         "module_servers",
         "name",
         "router",
         "timeouts",
+        "tls",
         "url_policies",
     )
 
@@ -174,6 +199,13 @@ class FrontendRuntime:
         self.captures = captures if captures is not None else CaptureStore()
         self.url_policies = UrlPolicies(config)
         self.allowed_methods = frozenset(m.encode() for m in config.allowed_methods)
+        # Edge protection (lbd.limits): `build_runtime` hands over the previous snapshot's
+        # limiter table and maxconn gate, which belong to the frontend's name like counters.
+        self.acl = AccessList(config.allow, config.deny) if config.allow or config.deny else None
+        self.limiter: SourceLimiter | None = None
+        self.gate: ConnGate | None = None
+        self.tls: FrontendTls | None = None  # loaded certificates, when the frontend has `tls:`
+        self.hsts = b""  # the Strict-Transport-Security line for responses, when configured
 
 
 @dataclass(slots=True)
@@ -198,9 +230,16 @@ class RuntimeHolder:
 
 
 def build_runtime(
-    cfg: Config, previous: Runtime | None, loop: asyncio.AbstractEventLoop
+    cfg: Config,
+    previous: Runtime | None,
+    loop: asyncio.AbstractEventLoop,
+    tls: LoadedTls | None = None,
 ) -> Runtime:
-    """A new snapshot for `cfg`, reusing identity-owned state from `previous`."""
+    """A new snapshot for `cfg`, reusing identity-owned state from `previous`. `tls` holds the
+    certificates `cfg` names, loaded beforehand (off the loop on reload); without it they are
+    loaded here (ConfigErrors when a file is unusable)."""
+    if tls is None:
+        tls = load_tls(cfg)
     old_servers = previous.servers if previous is not None else {}
     servers: dict[tuple[str, str], ServerState] = {}
     backends: dict[str, BackendRuntime] = {}
@@ -218,16 +257,28 @@ def build_runtime(
                 state.config = s
                 state.pool.max_idle = b.pool_max_idle
                 state.pool.idle_timeout = b.pool_idle_timeout
+            # TLS to the server (or back to plain); pooled connections keep what they have.
+            state.pool.ssl = tls.servers.get((b.name, s.name))
+            state.pool.server_hostname = (s.tls.sni or s.address.host) if s.tls else None
             servers[(b.name, s.name)] = state
             states.append(state)
         old_backend = previous.backends.get(b.name) if previous is not None else None
         counters = old_backend.counters if old_backend is not None else BackendCounters()
-        backend = BackendRuntime(b, states, counters)
+        sweeper = _stick_table(b, old_backend, loop)
+        backend = BackendRuntime(b, states, counters, sweeper)
         if old_backend is not None:
             # Requests waiting for a slot stay in one queue across the swap: whichever snapshot
             # frees a slot wakes the oldest of them.
             backend.queue = old_backend.queue
         backends[b.name] = backend
+
+    if previous is not None:
+        for old in previous.backends.values():
+            new_backend = backends.get(old.name)
+            if old.sweeper is not None and (
+                new_backend is None or new_backend.sweeper is not old.sweeper
+            ):
+                old.sweeper.stop()  # the table was dropped or replaced: its entries go with it
 
     frontends: dict[str, FrontendRuntime] = {}
     for f in cfg.frontends:
@@ -238,7 +289,7 @@ def build_runtime(
             old_mod = old_fe.module_counters.get(name) if old_fe is not None else None
             modules[name] = old_mod if old_mod is not None else TrafficCounters()
         captures = old_fe.captures if old_fe is not None else None
-        frontends[f.name] = FrontendRuntime(
+        fe_rt = frontends[f.name] = FrontendRuntime(
             f,
             cfg.global_.limits,
             fe_counters,
@@ -246,9 +297,57 @@ def build_runtime(
             captures,
             old_fe.module_servers if old_fe is not None else None,
         )
+        _edge(fe_rt, old_fe, tls)
 
     generation = previous.generation + 1 if previous is not None else 1
     return Runtime(cfg, frontends, backends, generation, servers)
+
+
+def _edge(fe: FrontendRuntime, old: FrontendRuntime | None, tls: LoadedTls) -> None:
+    """TLS, per-source limits and maxconn of a new frontend snapshot; the limiter table and the
+    gate are the previous ones when they exist (re-configured), so a reload keeps them."""
+    cfg = fe.config
+    fe.tls = tls.frontends.get(fe.name)
+    fe.hsts = fe.tls.hsts_header if fe.tls is not None else b""
+    if cfg.per_source is not None:
+        limiter = old.limiter if old is not None else None
+        if limiter is None:
+            limiter = SourceLimiter(cfg.per_source)
+        else:
+            limiter.configure(cfg.per_source)
+        fe.limiter = limiter
+    gate = old.gate if old is not None else None
+    if gate is None:
+        gate = ConnGate(cfg.maxconn)
+    gate.maxconn = cfg.maxconn
+    fe.gate = gate
+
+
+def _stick_table(
+    b: Backend, old: BackendRuntime | None, loop: asyncio.AbstractEventLoop
+) -> TableSweeper | None:
+    """The backend's stick table (with its sweeper): kept from `old` when the table still keys
+    on the same thing, so entries survive a reload (they name servers by name: a server that
+    keeps its backend and name keeps its sessions); new otherwise."""
+    spec = b.sticky.table if b.sticky is not None else None
+    if spec is None:
+        return None
+    kept = old.sweeper if old is not None else None
+    old_spec = old.config.sticky.table if old is not None and old.config.sticky else None
+    if (
+        kept is not None
+        and old_spec is not None
+        and (old_spec.on, old_spec.learn_cookie)
+        == (
+            spec.on,
+            spec.learn_cookie,
+        )
+    ):
+        kept.table.resize(spec.size, spec.expire)
+        return kept
+    sweeper = TableSweeper(loop, StickTable(spec.size, spec.expire))
+    sweeper.start()
+    return sweeper
 
 
 def describe_changes(old: Config, new: Config) -> list[str]:
@@ -293,6 +392,12 @@ def describe_changes(old: Config, new: Config) -> list[str]:
             changes.append(f"modules changed: frontend {name}")
         if of.default_backend != nf.default_backend:
             changes.append(f"default_backend {name}: {of.default_backend} -> {nf.default_backend}")
+        if (of.allow, of.deny) != (nf.allow, nf.deny):
+            changes.append(f"access lists changed: frontend {name}")
+        if of.per_source != nf.per_source or of.maxconn != nf.maxconn:
+            changes.append(f"limits changed: frontend {name}")
+    # Certificate files are re-read on every reload, changed or not.
+    changes += [f"certificates reloaded: frontend {f.name}" for f in new.frontends if f.tls]
     return changes
 
 

@@ -7,11 +7,13 @@ admin change and a reload cannot disagree.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from lbd import __version__
 from lbd.inspect.store import ACTIONS
@@ -19,17 +21,33 @@ from lbd.state import ADMIN_STATES, ServerState
 from lbd.stats.counters import CLASS_LABELS
 
 if TYPE_CHECKING:
-    from lbd.process.worker import Worker
+    from lbd.health.manager import HealthManager
+    from lbd.runtime import Runtime
+
+
+class Daemon(Protocol):
+    """What commands use: a single-process Worker, or the master of several workers (which
+    aggregates counters before a `show` and fans changes out; lbd/process/master.py)."""
+
+    started_at: float
+    health: HealthManager
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    def clear_counters(self) -> None: ...
+
+    async def reload(self) -> tuple[bool, str]: ...
 
 
 class CommandError(Exception):
     pass
 
 
-Command = Callable[["Worker", list[str]], Awaitable[str]]
+Command = Callable[["Daemon", list[str]], Awaitable[str]]
 
 
-def _server(worker: Worker, ref: str) -> ServerState:
+def _server(worker: Daemon, ref: str) -> ServerState:
     backend, sep, name = ref.partition("/")
     if not sep or not backend or not name:
         raise CommandError(f"expected BACKEND/SERVER, got {ref!r}")
@@ -42,11 +60,11 @@ def _server(worker: Worker, ref: str) -> ServerState:
     return server
 
 
-async def cmd_help(worker: Worker, args: list[str]) -> str:
+async def cmd_help(worker: Daemon, args: list[str]) -> str:
     return "\n".join(f"{name}  {doc}" for name, (_, doc) in COMMANDS.items())
 
 
-async def cmd_show_info(worker: Worker, args: list[str]) -> str:
+async def cmd_show_info(worker: Daemon, args: list[str]) -> str:
     rt = worker.runtime
     conns = sum(f.counters.conn_cur for f in rt.frontends.values())
     reqs = sum(f.counters.requests for f in rt.frontends.values())
@@ -66,7 +84,7 @@ async def cmd_show_info(worker: Worker, args: list[str]) -> str:
     return "\n".join(f"{k}: {v}" for k, v in lines.items())
 
 
-async def cmd_show_servers(worker: Worker, args: list[str]) -> str:
+async def cmd_show_servers(worker: Daemon, args: list[str]) -> str:
     rows = ["# backend/server address status admin weight inflight requests"]
     for be in worker.runtime.backends.values():
         for s in be.servers:
@@ -77,7 +95,7 @@ async def cmd_show_servers(worker: Worker, args: list[str]) -> str:
     return "\n".join(rows)
 
 
-async def cmd_show_stat(worker: Worker, args: list[str]) -> str:
+async def cmd_show_stat(worker: Daemon, args: list[str]) -> str:
     if args and args[0] == "json":
         from lbd.stats.snapshot import snapshot
 
@@ -118,7 +136,7 @@ async def cmd_show_stat(worker: Worker, args: list[str]) -> str:
     return "\n".join(rows)
 
 
-async def cmd_show_modules(worker: Worker, args: list[str]) -> str:
+async def cmd_show_modules(worker: Daemon, args: list[str]) -> str:
     rows = ["# frontend module requests 2xx 4xx 5xx p50_ms p95_ms p99_ms"]
     for fe in worker.runtime.frontends.values():
         for name, mc in fe.module_counters.items():
@@ -131,7 +149,7 @@ async def cmd_show_modules(worker: Worker, args: list[str]) -> str:
     return "\n".join(rows)
 
 
-async def cmd_show_errors(worker: Worker, args: list[str]) -> str:
+async def cmd_show_errors(worker: Daemon, args: list[str]) -> str:
     """Counts per frontend and reason (as before), then the capture store: per (reason, module)
     what was done and when, and the last samples, newest first, each ending with ` | ` and its
     excerpt (already escaped and masked: one line, printable ASCII). `show errors FRONTEND`
@@ -170,7 +188,7 @@ def _iso(unix: float) -> str:
     return f"{stamp}.{int(unix * 1000) % 1000:03d}"
 
 
-async def cmd_set_server(worker: Worker, args: list[str]) -> str:
+async def cmd_set_server(worker: Daemon, args: list[str]) -> str:
     if len(args) != 3 or args[1] not in ("state", "weight"):
         raise CommandError("usage: set server BACKEND/SERVER state ready|drain|maint | weight N")
     server = _server(worker, args[0])
@@ -198,7 +216,7 @@ async def cmd_set_server(worker: Worker, args: list[str]) -> str:
     return f"{args[0]} weight {old_weight} -> {weight}"
 
 
-async def cmd_show_health(worker: Worker, args: list[str]) -> str:
+async def cmd_show_health(worker: Daemon, args: list[str]) -> str:
     """One row per server: check state (HAProxy wording), last check, failures, downtime."""
     if args:
         raise CommandError("usage: show health")
@@ -217,15 +235,15 @@ async def cmd_show_health(worker: Worker, args: list[str]) -> str:
     return "\n".join(rows)
 
 
-async def cmd_enable_health(worker: Worker, args: list[str]) -> str:
+async def cmd_enable_health(worker: Daemon, args: list[str]) -> str:
     return _health_switch(worker, args, enable=True)
 
 
-async def cmd_disable_health(worker: Worker, args: list[str]) -> str:
+async def cmd_disable_health(worker: Daemon, args: list[str]) -> str:
     return _health_switch(worker, args, enable=False)
 
 
-def _health_switch(worker: Worker, args: list[str], enable: bool) -> str:
+def _health_switch(worker: Daemon, args: list[str], enable: bool) -> str:
     from lbd.health.manager import HealthError
 
     if len(args) != 1:
@@ -237,12 +255,48 @@ def _health_switch(worker: Worker, args: list[str], enable: bool) -> str:
         raise CommandError(str(exc)) from None
 
 
-async def cmd_clear_counters(worker: Worker, args: list[str]) -> str:
+async def cmd_show_table(worker: Daemon, args: list[str]) -> str:
+    """Stick tables: one summary line each; with BACKEND, its most recently used entries (at
+    most N, default 100). Learned session cookies are credentials: only a short hash is shown,
+    enough to follow one session, never its value."""
+    if len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
+        raise CommandError("usage: show table [BACKEND [N]]")
+    tables = {
+        be.name: (be.config.sticky.table.on, be.sweeper.table)
+        for be in worker.runtime.backends.values()
+        if be.sweeper is not None and be.config.sticky is not None and be.config.sticky.table
+    }
+    if not args:
+        return (
+            "\n".join(
+                f"# table: {name}, on: {on}, size: {t.size}, used: {len(t)}, "
+                f"evicted: {t.evicted}, expired: {t.expired}"
+                for name, (on, t) in tables.items()
+            )
+            or "no stick table"
+        )
+    if args[0] not in tables:
+        raise CommandError(f"no stick table in backend {args[0]!r}")
+    on, table = tables[args[0]]
+    limit = int(args[1]) if len(args) == 2 else 100
+    now = asyncio.get_running_loop().time()
+    rows = [f"# key server idle_s ({len(table)} entries, most recent first)"]
+    for key, server, seen in reversed(table.items()[-limit:] if limit else []):
+        shown = (
+            key.decode("ascii", "replace")
+            if on == "src"
+            else ("#" + hashlib.blake2b(key, digest_size=4).hexdigest())
+        )
+        rows.append(f"{shown} {server} {max(now - seen, 0.0):.0f}")
+    return "\n".join(rows)
+
+
+async def cmd_clear_counters(worker: Daemon, args: list[str]) -> str:
     worker.clear_counters()
     return "counters cleared"
 
 
-async def cmd_reload(worker: Worker, args: list[str]) -> str:
+async def cmd_reload(worker: Daemon, args: list[str]) -> str:
     ok, report = await worker.reload()
     if not ok:
         return "rejected: the old configuration keeps running\n" + report
@@ -258,6 +312,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "show modules": (cmd_show_modules, "requests and latency per application module"),
     "show errors": (cmd_show_errors, "[FRONTEND] malformed requests: counts, then masked samples"),
     "show health": (cmd_show_health, "health check state, last check and counters per server"),
+    "show table": (cmd_show_table, "[BACKEND [N]] stick tables, or one table's recent entries"),
     "set server": (cmd_set_server, "B/S state ready|drain|maint, or B/S weight N"),
     "enable health": (cmd_enable_health, "B/S: resume health checks (up until one fails)"),
     "disable health": (cmd_disable_health, "B/S: stop health checks; the server counts as UP"),
@@ -266,7 +321,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 }
 
 
-async def dispatch(worker: Worker, words: list[str]) -> str:
+async def dispatch(worker: Daemon, words: list[str]) -> str:
     for size in (2, 1):
         name = " ".join(words[:size])
         if len(words) >= size and name in COMMANDS:

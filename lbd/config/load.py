@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import ipaddress
 import re
+import ssl
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,22 +37,26 @@ from lbd.config.schema import (
     Algorithm,
     Backend,
     Balance,
+    Certificate,
     Config,
     CookieSticky,
     Frontend,
     GlobalConfig,
     HeaderMatch,
     HealthCheck,
+    Hsts,
     Limits,
     LogConfig,
     Matcher,
     Module,
     Observe,
+    PerSource,
     QueryMatch,
     Redirect,
     ReturnAction,
     Rule,
     Server,
+    ServerTls,
     StatsConfig,
     StickTable,
     Sticky,
@@ -98,7 +103,16 @@ def load_config_text(text: str, path: str) -> Config:
 
 # The keys each mapping accepts, in the order conf/lbd.yaml documents them.
 _TOP_KEYS = ("global", "defaults", "frontends", "backends")
-_GLOBAL_KEYS = ("workers", "admin_socket", "stats", "log", "limits")
+_GLOBAL_KEYS = (
+    "workers",
+    "admin_socket",
+    "admin_socket_mode",
+    "admin_socket_owner",
+    "admin_socket_group",
+    "stats",
+    "log",
+    "limits",
+)
 _STATS_KEYS = ("bind", "auth_file")
 _LOG_KEYS = ("access", "format")
 _LIMIT_KEYS = ("max_header_bytes", "max_headers", "max_uri_bytes", "max_body_bytes")
@@ -115,7 +129,16 @@ _FRONTEND_KEYS = (
     "rules",
     "timeouts",
     "maxconn",
+    "allow",
+    "deny",
+    "per_source",
 )
+_TLS_KEYS = ("cert", "key", "certificates", "min_version", "ciphers", "hsts")
+_CERT_KEYS = ("cert", "key", "names")
+_HSTS_KEYS = ("max_age", "include_subdomains", "preload")
+_PER_SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(PerSource))
+_SERVER_TLS_KEYS = ("verify", "ca_file", "sni")
+_TLS_VERSIONS: tuple[Literal["1.2", "1.3"], ...] = ("1.2", "1.3")
 _MATCHER_KEYS = ("path", "path_prefix", "path_regex", "host", "method", "header", "query", "src")
 _MODULE_KEYS = ("name", "url_policy", *_MATCHER_KEYS)
 _TERMINAL_ACTIONS = ("use_backend", "deny", "redirect", "return")
@@ -212,6 +235,9 @@ _RETURN = ReturnAction()
 _OBSERVE = Observe()
 _COOKIE = CookieSticky()
 _TABLE = StickTable()
+_TLS = TlsConfig("", "")
+_HSTS = Hsts()
+_PER_SOURCE = PerSource()
 
 
 # --- YAML nodes with their lines ----------------------------------------------------------------
@@ -839,6 +865,9 @@ def _global(reader: _Reader, item: _Item | None, bound: list[_Bound]) -> GlobalC
     return GlobalConfig(
         workers=f.get("workers", _workers, 1),
         admin_socket=f.get("admin_socket", _unix_path, None),
+        admin_socket_mode=f.get("admin_socket_mode", _file_mode, 0o600),
+        admin_socket_owner=f.get("admin_socket_owner", _nonempty, None),
+        admin_socket_group=f.get("admin_socket_group", _nonempty, None),
         stats=_stats(reader, f.child("stats"), bound),
         log=_log(reader, f.child("log")),
         limits=_limits(reader, f.child("limits")),
@@ -949,6 +978,9 @@ def _frontend(
         rules=tuple(_rules(reader, f.child("rules"), backend_names)),
         timeouts=_timeouts(reader, f.child("timeouts"), defaults.timeouts),
         maxconn=f.get("maxconn", _integer(0), defaults.maxconn),
+        allow=tuple(reader.list_of(f.child("allow"), _cidr, single_ok=True)),
+        deny=tuple(reader.list_of(f.child("deny"), _cidr, single_ok=True)),
+        per_source=_per_source(reader, f.child("per_source")),
     )
 
 
@@ -1018,11 +1050,119 @@ def _family(host: str) -> int:
 
 
 def _tls(reader: _Reader, item: _Item | None) -> TlsConfig | None:
-    f = reader.fields(item, ("cert", "key"))
+    """`tls: {cert, key}` plus optional SNI certificates, protocol floor, ciphers and HSTS.
+    Files are only named here; lbd.tls loads them (and reports a bad one at this key)."""
+    f = reader.fields(item, _TLS_KEYS)
     if f is None:
         return None
     cert, key = f.need("cert", _nonempty), f.need("key", _nonempty)
-    return TlsConfig(cert, key) if cert and key else None
+    certificates = tuple(reader.list_of(f.child("certificates"), _certificate(reader)))
+    hsts_item = f.child("hsts")
+    hsts = _hsts(reader, hsts_item) if hsts_item is not None else None
+    min_version = f.get("min_version", _tls_version, _TLS.min_version)
+    ciphers = f.get("ciphers", _ciphers, _TLS.ciphers)
+    if not cert or not key:
+        return None
+    return TlsConfig(cert, key, certificates, min_version, ciphers, hsts)
+
+
+def _ciphers(item: _Item) -> str:
+    """An OpenSSL cipher string that selects at least one suite (checked now, not at reload)."""
+    text = _nonempty(item)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(text)
+    except ssl.SSLError:
+        raise ValueError(f"no cipher suite matches {text!r}") from None
+    return text
+
+
+def _tls_version(item: _Item) -> Literal["1.2", "1.3"]:
+    # YAML reads 1.2 as a float: compare the text as written.
+    if item.text in _TLS_VERSIONS:
+        return "1.2" if item.text == "1.2" else "1.3"
+    raise ValueError(f"expected 1.2 or 1.3 (TLS 1.0 and 1.1 are never offered), got {item.text!r}")
+
+
+def _certificate(reader: _Reader) -> Callable[[_Item], Certificate]:
+    def convert(item: _Item) -> Certificate:
+        f = reader.fields(item, _CERT_KEYS)
+        if f is None:
+            raise ValueError(f"expected a mapping {{cert, key}}, got {_describe(item)}")
+        cert, key = f.need("cert", _nonempty), f.need("key", _nonempty)
+        names = tuple(reader.list_of(f.child("names"), _host, single_ok=True))
+        if not cert or not key:
+            raise ValueError("needs both cert and key")
+        return Certificate(cert, key, names)
+
+    return convert
+
+
+def _hsts(reader: _Reader, item: _Item) -> Hsts | None:
+    """`hsts: true`, `hsts: false`, or `hsts: {max_age, include_subdomains, preload}`."""
+    if isinstance(item.value, bool):
+        return Hsts() if item.value else None
+    f = reader.fields(item, _HSTS_KEYS)
+    if f is None:
+        return None
+    return Hsts(
+        max_age=int(f.get("max_age", _duration(), float(_HSTS.max_age))),
+        include_subdomains=f.get("include_subdomains", _boolean, _HSTS.include_subdomains),
+        preload=f.get("preload", _boolean, _HSTS.preload),
+    )
+
+
+def _per_source(reader: _Reader, item: _Item | None) -> PerSource | None:
+    f = reader.fields(item, _PER_SOURCE_KEYS)
+    if f is None:
+        return None
+    rate = f.get("requests_per_second", _rate, _PER_SOURCE.requests_per_second)
+    limits = PerSource(
+        requests_per_second=rate,
+        burst=f.get("burst", _integer(0, 1_000_000), _PER_SOURCE.burst),
+        max_connections=f.get("max_connections", _integer(0), _PER_SOURCE.max_connections),
+        table_size=f.get("table_size", _integer(1, 10_000_000), _PER_SOURCE.table_size),
+    )
+    if not limits.requests_per_second and not limits.max_connections:
+        reader.error(f.item.line, f.item.path, "set requests_per_second or max_connections")
+    return limits
+
+
+def _rate(item: _Item) -> float:
+    value = item.value
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"expected a number of requests per second, got {_describe(item)}")
+    return float(value)
+
+
+def _file_mode(item: _Item) -> int:
+    """`0660` (YAML reads a leading-zero number as octal) or the string "0660"."""
+    if isinstance(item.value, int) and not isinstance(item.value, bool):
+        text = item.text
+    else:
+        text = _string(item)
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"expected an octal file mode like 0600, got {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"expected an octal file mode like 0600, got {text!r}")
+    if mode & 0o007:
+        raise ValueError(f"must not give others access ({text!r}): the socket controls lbd")
+    return mode
+
+
+def _server_tls(reader: _Reader, item: _Item) -> ServerTls | None:
+    """`tls: true` (verify against the system trust store) or `tls: {verify, ca_file, sni}`."""
+    if isinstance(item.value, bool):
+        return ServerTls() if item.value else None
+    f = reader.fields(item, _SERVER_TLS_KEYS)
+    if f is None:
+        return None
+    return ServerTls(
+        verify=f.get("verify", _boolean, True),
+        ca_file=f.get("ca_file", _nonempty, None),
+        sni=f.get("sni", _host, None),
+    )
 
 
 def _modules(reader: _Reader, item: _Item | None) -> tuple[Module, ...]:
@@ -1297,6 +1437,7 @@ def _server(reader: _Reader, item: _Item, check: HealthCheck | None) -> Server |
         cookie=f.get("cookie", _cookie_value, None),
         health_check=own_check,
         check=f.get("check", _boolean, _SERVER.check),
+        tls=_server_tls(reader, tls_item) if (tls_item := f.child("tls")) is not None else None,
     )
     return server if name and address else None
 
@@ -1305,6 +1446,9 @@ def _cookie_value(item: _Item) -> str:
     text = _string(item)
     if not _COOKIE_VALUE.fullmatch(text):
         raise ValueError(f"not a valid cookie value: {text!r}")
+    if "|" in text or "~" in text:
+        # lbd appends dates after '|' (maxidle/maxlife) and the application's value after '~'
+        raise ValueError(f"'|' and '~' are reserved in a persistence cookie value: {text!r}")
     return text
 
 
@@ -1375,7 +1519,23 @@ def _cookie_sticky(reader: _Reader, item: _Item | None) -> CookieSticky | None:
     if samesite is not None and cookie.samesite == "None" and not cookie.secure:
         # browsers drop a SameSite=None cookie that is not Secure: persistence would never hold
         reader.error(samesite.line, samesite.path, "samesite: None needs secure: true")
+    if cookie.mode != "insert":
+        # rewrite/prefix edit the application's own cookie: lbd sets no attribute and no date
+        for key in _INSERT_ONLY:
+            child = f.child(key)
+            if child is not None:
+                reader.error(
+                    child.line, child.path, f"only with mode: insert (mode is {cookie.mode})"
+                )
+        preserve = f.child("preserve")
+        if preserve is not None and cookie.preserve and not cookie.indirect:
+            message = "only with mode: insert or indirect: true (nothing to preserve)"
+            reader.error(preserve.line, preserve.path, message)
     return cookie
+
+
+# Keys of `sticky.cookie` that only an inserted cookie can carry.
+_INSERT_ONLY = ("httponly", "secure", "samesite", "domain", "path", "maxidle", "maxlife")
 
 
 def _stick_table(reader: _Reader, item: _Item | None) -> StickTable | None:
@@ -1391,4 +1551,7 @@ def _stick_table(reader: _Reader, item: _Item | None) -> StickTable | None:
     if table.on == "cookie" and table.learn_cookie is None:
         path = _join(item.path, "learn_cookie")
         reader.error(item.key_line, path, "required when on: cookie (the cookie to learn)")
+    learn = f.child("learn_cookie")
+    if table.on == "src" and learn is not None:
+        reader.error(learn.line, learn.path, "only with on: cookie (on: src keys on the address)")
     return table

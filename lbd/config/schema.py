@@ -74,6 +74,10 @@ class LogConfig:
 class GlobalConfig:
     workers: int | Literal["auto"] = 1
     admin_socket: str | None = None
+    # The admin socket is root-equivalent: 0600 and the daemon's user unless told otherwise.
+    admin_socket_mode: int = 0o600
+    admin_socket_owner: str | None = None  # user name or uid
+    admin_socket_group: str | None = None  # group name or gid
     stats: StatsConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
@@ -144,10 +148,55 @@ class Rule:
     line: int = 0  # where the rule starts in the file, for `lbd reload` reports
 
 
+# Mozilla's "intermediate" TLS 1.2 suites (forward secrecy, AEAD only); TLS 1.3 suites are
+# OpenSSL's defaults and not set by this list. https://wiki.mozilla.org/Security/Server_Side_TLS
+MODERN_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
+
 @dataclass(frozen=True, slots=True)
-class TlsConfig:
+class Certificate:
+    """One certificate chain and its key (PEM files). SNI names come from the certificate's
+    subjectAltName (or CN) unless `names` lists them."""
+
     cert: str
     key: str
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Hsts:
+    max_age: int = 31_536_000  # seconds (one year, what the HSTS preload list asks)
+    include_subdomains: bool = False
+    preload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """`tls:` on a frontend. `cert`/`key` is the default certificate (clients without SNI or
+    naming no other certificate get it); `certificates` are more, chosen by SNI."""
+
+    cert: str
+    key: str
+    certificates: tuple[Certificate, ...] = ()
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str = MODERN_CIPHERS  # TLS 1.2 suites (OpenSSL cipher string)
+    hsts: Hsts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PerSource:
+    """`per_source:` abuse limits, keyed on the client address (HAProxy: a stick table on src
+    with `sc_http_req_rate` and `src_conn_cur`). 0 turns a limit off."""
+
+    requests_per_second: float = 0.0  # token bucket refill rate
+    burst: int = 0  # bucket size; 0: max(1, requests_per_second)
+    max_connections: int = 0  # concurrent connections per address
+    table_size: int = 100_000  # addresses tracked; the least recently seen is evicted
 
 
 # RFC 9110 §9.3 methods and PATCH (RFC 5789); TRACE (cross-site tracing) and CONNECT are not
@@ -167,7 +216,10 @@ class Frontend:
     modules: tuple[Module, ...] = ()
     rules: tuple[Rule, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
-    maxconn: int = 0  # 0: unlimited
+    maxconn: int = 0  # 0: unlimited; at maxconn open connections, accepting pauses
+    allow: tuple[str, ...] = ()  # CIDRs; when set, other sources are closed at accept
+    deny: tuple[str, ...] = ()  # CIDRs closed at accept (checked before `allow`)
+    per_source: PerSource | None = None
 
 
 # --- backends ---------------------------------------------------------------------------------
@@ -228,6 +280,15 @@ class Sticky:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """`tls:` on a server: lbd speaks TLS to it, verifying its certificate by default."""
+
+    verify: bool = True
+    ca_file: str | None = None  # None: the system's trust store
+    sni: str | None = None  # server_name sent and verified; None: the address's host
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     name: str
     address: Address
@@ -240,6 +301,7 @@ class Server:
     cookie: str | None = None  # persistence value override
     health_check: HealthCheck | None = None  # overrides the backend's check for this server
     check: bool = True  # false: never actively checked even if the backend has a check
+    tls: ServerTls | None = None  # YAML `tls: true` or `tls: {verify, ca_file, sni}`
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 from collections.abc import Callable
 
 import httptools
@@ -78,8 +79,15 @@ def _os_error_info(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-async def probe(address: Address, check: HealthCheck) -> CheckResult:
-    """Run one check against `address`; never raises (except CancelledError)."""
+async def probe(
+    address: Address,
+    check: HealthCheck,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> CheckResult:
+    """Run one check against `address`; never raises (except CancelledError). A server with
+    `tls:` is checked over TLS (HAProxy's `check-ssl`): the handshake is part of layer 4."""
+    sni = server_hostname if tls is not None else None
     loop = asyncio.get_running_loop()
     start = loop.time()
     connected = False
@@ -88,11 +96,11 @@ async def probe(address: Address, check: HealthCheck) -> CheckResult:
         async with asyncio.timeout(check_timeout(check)):
             if check.type == "tcp":
                 transport, _ = await loop.create_connection(
-                    asyncio.Protocol, address.host, address.port
+                    asyncio.Protocol, address.host, address.port, ssl=tls, server_hostname=sni
                 )
                 return CheckResult(True, "L4OK", duration=loop.time() - start)
             reader, writer = await asyncio.open_connection(
-                address.host, address.port, limit=HEAD_LIMIT
+                address.host, address.port, limit=HEAD_LIMIT, ssl=tls, server_hostname=sni
             )
             transport = writer.transport
             connected = True
@@ -233,7 +241,8 @@ class Checker:
         while True:
             await self._sleep(delay)
             try:
-                result = await probe(server.config.address, check)
+                pool = server.pool
+                result = await probe(server.config.address, check, pool.ssl, pool.server_hostname)
                 server.health.record(result)
             except Exception:  # a bug here must not stop checking this server for good
                 log.exception("health check of %s/%s failed", server.backend_name, server.name)

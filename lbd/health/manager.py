@@ -14,6 +14,11 @@ Rules:
 - `disable` / `enable` are the operator's `disable|enable health B/S`: the task stops (the
   server counts as UP, passive observation is ignored) or restarts. The flag is on the state, so
   it survives reloads.
+- With worker processes there is still one health truth, the master's manager: it runs the
+  active checks and every passive trigger (`apply_passive`), and `on_transition` broadcasts each
+  UP<->DOWN change. A worker's manager is a `follower`: it configures the same states but runs
+  no check, forwards passive triggers (ForwardingObserver) instead of acting on them, and only
+  applies the master's verdicts (`apply_remote`), without logging them a second time.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import asyncio
 import functools
 import logging
 import random
+from collections.abc import Callable
 
 from lbd.balancing.slowstart import SlowStarts
 from lbd.config.schema import Backend, HealthCheck, Observe, Server
 from lbd.health.active import Checker, stop_all
 from lbd.health.passive import Observer
-from lbd.health.state import HealthState
+from lbd.health.state import HealthState, IllegalTransition, Op
 from lbd.runtime import BackendRuntime, Runtime, RuntimeHolder
 from lbd.state import ServerState
 
@@ -46,8 +52,35 @@ def effective_check(backend: Backend, server: Server) -> HealthCheck | None:
     return server.health_check if server.health_check is not None else backend.health_check
 
 
+# A passive trigger forwarded to the master: (server, `what` of the last error).
+PassiveForward = Callable[[ServerState, str], None]
+
+
+class ForwardingObserver(Observer):
+    """A worker's passive observer: counts consecutive errors like any Observer, but at the
+    limit hands the trigger to the master (the one health truth) instead of acting on it."""
+
+    __slots__ = ("forward", "server")
+
+    def __init__(
+        self, config: Observe, health: HealthState, server: ServerState, forward: PassiveForward
+    ) -> None:
+        super().__init__(config, health)
+        self.server = server
+        self.forward = forward
+
+    def act(self, n: int, what: str) -> None:
+        self.forward(self.server, what)
+
+
 class HealthManager:
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, rng: random.Random | None = None, *, follower: PassiveForward | None = None
+    ) -> None:
+        # `follower`: this is a worker process's manager; passive triggers go there.
+        self.follower = follower
+        # Called after every UP<->DOWN change (the master broadcasts it to its workers).
+        self.on_transition: Callable[[ServerState], None] | None = None
         self._holder: RuntimeHolder | None = None
         self._checkers: dict[ServerState, Checker] = {}
         self._stopping: list[asyncio.Task[None]] = []
@@ -100,6 +133,35 @@ class HealthManager:
         health.enable()
         self._start_checker(server, check)
         return f"{_ref(server)} health enabled ({health.display()})"
+
+    def apply_remote(self, backend: str, name: str, up: bool) -> None:
+        """A follower applies the master's verdict on one server (idempotent: a verdict that
+        matches the state changes nothing). Unknown servers (a reload still in progress here)
+        are skipped: the master sends every state again once all workers have reloaded."""
+        assert self._holder is not None
+        be = self._holder.runtime.backends.get(backend)
+        server = be.server(name) if be is not None else None
+        if server is None:
+            return
+        health = server.health
+        if not health.checked or not health.enabled or health.up == up:
+            return
+        try:
+            health.force(Op.UP if up else Op.DOWN, 0, "state from the master")
+        except IllegalTransition:  # cannot happen: any state may move to UP or DOWN
+            log.exception("health state from the master refused for %s", _ref(server))
+
+    def apply_passive(self, backend: str, name: str, what: str) -> None:
+        """The master acts on a passive trigger a worker forwarded: the server's own observer
+        is brought to its limit, so the action and its wording are exactly the single-process
+        ones."""
+        assert self._holder is not None
+        be = self._holder.runtime.backends.get(backend)
+        server = be.server(name) if be is not None else None
+        obs = server.observer if server is not None else None
+        if obs is not None:
+            obs.errors = obs.limit - 1
+            obs.error(what)
 
     def checker(self, server: ServerState) -> Checker | None:
         """The check task of this server, if one runs."""
@@ -156,7 +218,10 @@ class HealthManager:
         if observe is None:
             server.observer = None
         elif server.observer is None or server.observer.config != observe:
-            server.observer = Observer(observe, health)
+            if self.follower is not None:
+                server.observer = ForwardingObserver(observe, health, server, self.follower)
+            else:
+                server.observer = Observer(observe, health)
         if health.enabled and server not in self._checkers:
             self._start_checker(server, check)
 
@@ -168,6 +233,8 @@ class HealthManager:
         return effective_check(be.config, server.config)
 
     def _start_checker(self, server: ServerState, check: HealthCheck) -> None:
+        if self.follower is not None:
+            return  # the master checks, once for every worker
         checker = Checker(server, check, self._rng)
         self._checkers[server] = checker
         checker.start()
@@ -188,6 +255,14 @@ class HealthManager:
         be = self._holder.runtime.backends.get(server.backend_name)
         if be is None or be.server(server.name) is not server:
             return  # a server the current configuration no longer has
+        if self.follower is not None:
+            # The master logged this change already; here only the balancer learns it.
+            if health.up:
+                self.slowstarts.begin(server, be.balancer.server_changed)
+            else:
+                self.slowstarts.stop(server)
+            be.balancer.server_changed(server)
+            return
         active, backup = _usable_counts(be)
         ref = _ref(server)
         if health.up:
@@ -211,6 +286,8 @@ class HealthManager:
                 backup,
             )
         be.balancer.server_changed(server)
+        if self.on_transition is not None:
+            self.on_transition(server)
 
 
 def _usable_counts(be: BackendRuntime) -> tuple[int, int]:

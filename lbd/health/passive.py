@@ -54,6 +54,10 @@ class Observer:
             return
         self.errors = 0
         self.triggered += 1
+        self.act(n, what)
+
+    def act(self, n: int, what: str) -> None:
+        """The limit was reached (`n` consecutive errors, the last one `what`)."""
         health = self.health
         action = self.config.on_error
         if action != "fastinter":

@@ -198,6 +198,14 @@ def connection_counts(ex: Exchange) -> tuple[int, int, int, int]:
     return act, fe_conn, be, srv
 
 
+def cookie_flags(ex: Exchange) -> str:
+    """The 3rd and 4th letters of the termination state: HAProxy's persistence cookie flags
+    (client side N/I/D/V/E/O, server side N/I/U/P/R/D; see lbd/sticky/cookie.py), `--`
+    when the backend has no persistence cookie."""
+    p = ex.persist
+    return p.flags if p is not None else "--"
+
+
 class HttpLog:
     """HAProxy's `option httplog` layout, the captured-header block replaced by `{module}`:
 
@@ -224,7 +232,8 @@ class HttpLog:
         return (
             f"{client.peer_ip.decode('ascii', 'replace')}:{client.peer_port} "
             f"[{self._dates.httplog(now - elapsed)}] {fe} {backend}/{server} "
-            f"{tr}/{tw}/{tc}/{tr_server}/{ta} {ex.status or -1} {ex.resp_bytes} - - {ex.term}-- "
+            f"{tr}/{tw}/{tc}/{tr_server}/{ta} {ex.status or -1} {ex.resp_bytes} - - "
+            f"{ex.term}{cookie_flags(ex)} "
             f"{act}/{fe_conn}/{be_conn}/{srv_conn}/{ex.retries} 0/{_backend_queue(ex)} "
             f"{{{ex.module}}} "
             f'"{word(head.method)} {logged_path(ex)} HTTP/{word(head.version)}"'
@@ -261,7 +270,8 @@ class JsonLog:
             f'"module":{_js(ex.module)},'
             f'"tr":{tr},"tw":{tw},"tc":{tc},"tr_server":{tr_server},"ta":{ta},'
             f'"status":{ex.status or -1},"bytes_read":{ex.resp_bytes},'
-            f'"bytes_uploaded":{ex.req_body_bytes},"termination_state":{_js(ex.term + "--")},'
+            f'"bytes_uploaded":{ex.req_body_bytes},'
+            f'"termination_state":{_js(ex.term + cookie_flags(ex))},'
             f'"actconn":{act},"feconn":{fe_conn},"beconn":{be_conn},"srv_conn":{srv_conn},'
             f'"retries":{ex.retries},"srv_queue":0,"backend_queue":{_backend_queue(ex)},'
             f'"method":{_js(word(head.method))},"path":{_js(logged_path(ex))},'

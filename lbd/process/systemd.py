@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("lbd.systemd")
 
@@ -62,14 +63,16 @@ class Notifier:
     def status(self, text: str) -> None:
         self.send(f"STATUS={text}")
 
-    def start_watchdog(self) -> None:
-        """Ping at half of WatchdogSec from the event loop: a stuck loop stops the pings."""
+    def start_watchdog(self, alive: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Ping at half of WatchdogSec from the event loop: a stuck loop stops the pings. With
+        `alive` (a master: do its workers answer?), a ping is sent only when it says yes."""
         if self.watchdog_interval <= 0 or not self._address:
             return
 
         async def ping() -> None:
             while True:
-                self.send("WATCHDOG=1")
+                if alive is None or await alive():
+                    self.send("WATCHDOG=1")
                 await asyncio.sleep(self.watchdog_interval)
 
         self._watchdog_task = asyncio.get_running_loop().create_task(ping())

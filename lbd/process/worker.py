@@ -18,14 +18,19 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 
 from lbd.config.schema import Address, Config
 from lbd.errors import ConfigErrors
 from lbd.health.manager import HealthManager
+from lbd.limits.gate import PausableServer
 from lbd.logs.access import AccessLog
 from lbd.process.systemd import Notifier
 from lbd.proxy.client import ClientConnection
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
+from lbd.tls.context import load_tls
+from lbd.tls.listen import refresh_policies, tls_changes
+from lbd.tls.listen import serve as serve_listener
 
 log = logging.getLogger("lbd")
 
@@ -61,8 +66,15 @@ class Listener:
 
 
 class Worker:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, health: HealthManager | None = None, child: bool = False
+    ) -> None:
         self.config = config
+        # `child`: a worker process under a master (lbd/process/master.py), which owns the
+        # admin socket, the stats listener, sd_notify and the listening sockets; `bind` then
+        # hands out the sockets the master passed instead of binding.
+        self.child = child
+        self.bind: Callable[[Address], socket.socket] = bind_socket
         self.holder: RuntimeHolder | None = None
         self.listeners: dict[Address, Listener] = {}
         self.connections: set[ClientConnection] = set()
@@ -72,8 +84,8 @@ class Worker:
         self._reload_lock = asyncio.Lock()
         self._admin: object | None = None
         self._stats: object | None = None
-        self.health = HealthManager()
-        self.notifier = Notifier()  # sd_notify; a no-op outside systemd
+        self.health = health if health is not None else HealthManager()
+        self.notifier = Notifier({} if child else None)  # sd_notify; a no-op outside systemd
 
     @property
     def runtime(self) -> Runtime:
@@ -85,13 +97,22 @@ class Worker:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
-        self.holder = RuntimeHolder(build_runtime(cfg, None, loop))
+        if not self.child:
+            # Before the first listener opens: a SIGTERM that arrives while starting (a test
+            # harness, `systemctl stop` right after start) must stop gracefully, not kill.
+            self._install_signal_handlers(loop)
+        try:
+            runtime = build_runtime(cfg, None, loop)  # loads TLS certificates too
+        except ConfigErrors as errors:
+            raise StartError("\n".join(str(e) for e in errors.errors)) from None
+        self.holder = RuntimeHolder(runtime)
         self.health.start(self.holder)  # before listeners: `init_state: down` holds at once
         if cfg.global_.log.access != "off":
             self.access_log = AccessLog(cfg.global_.log.access, cfg.global_.log.format)
             self.holder.runtime.access_log = self.access_log
         await self._open_listeners(cfg)
-        await self._start_side_servers(cfg)
+        if not self.child:
+            await self._start_side_servers(cfg)
         # Everything allocated so far lives as long as the process: keep the cyclic GC from
         # rescanning it on every young-generation collection.
         gc.collect()
@@ -106,14 +127,19 @@ class Worker:
         try:
             for addr, fe_name in wanted.items():
                 if addr not in self.listeners:
-                    fresh.append((Listener(addr, fe_name), bind_socket(addr)))
+                    fresh.append((Listener(addr, fe_name), self.bind(addr)))
         except StartError:
             for _, sock in fresh:
                 sock.close()
             raise
         loop = asyncio.get_running_loop()
+        holder = self.holder
+        assert holder is not None
         for listener, sock in fresh:
-            listener.server = await loop.create_server(self._factory(listener), sock=sock)
+            # TLS per the frontend's `tls:`; pausable for the frontend's maxconn (lbd.limits)
+            name_of = partial(getattr, listener, "frontend_name")
+            factory = self._factory(listener)
+            listener.server = await serve_listener(loop, sock, factory, holder, name_of, cfg)
             self.listeners[listener.address] = listener
             log.info("frontend %s listening on %s", listener.frontend_name, listener.address)
         for addr, fe_name in wanted.items():
@@ -156,21 +182,26 @@ class Worker:
         connections = self.connections
 
         def make() -> ClientConnection:
-            conn = _TrackedClient(holder, listener.frontend_name, b"http")
+            server = listener.server
+            fe = holder.runtime.frontends.get(listener.frontend_name)
+            proto = b"https" if fe is not None and fe.tls is not None else b"http"  # X-F-Proto
+            conn = _TrackedClient(holder, listener.frontend_name, proto)
             conn.registry = connections
+            conn.accept_switch = server if isinstance(server, PausableServer) else None
             return conn
 
         return make
 
     # --- run, reload, stop ------------------------------------------------------------------
 
-    async def run_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
-        await self.stop_event.wait()
+
+    async def run_until_stopped(self) -> None:
+        await self.stop_event.wait()  # signal handlers were installed by start()
         await self.graceful_stop()
 
     def _reopen_logs(self) -> None:
@@ -179,6 +210,10 @@ class Worker:
             self.access_log.reopen()
 
     def _reload_from_signal(self) -> None:
+        if self.holder is None or self.stop_event.is_set():
+            log.warning("reload (SIGHUP) ignored: lbd is still starting or is stopping")
+            return
+
         async def run() -> None:
             ok, report = await self.reload()
             if ok:
@@ -217,17 +252,35 @@ class Worker:
             for err in errors.errors:
                 log.error("reload rejected: %s", err)
             return False, "\n".join(str(e) for e in errors.errors)
+        return await self.apply_config(new_cfg)
+
+    async def apply_config(self, new_cfg: Config) -> tuple[bool, str]:
+        """Swap to an already validated configuration (a child gets it from its master)."""
+        loop = asyncio.get_running_loop()
+        try:
+            # Certificate files are read off the loop; a bad one rejects the reload.
+            tls = await loop.run_in_executor(None, load_tls, new_cfg)
+        except ConfigErrors as errors:
+            for err in errors.errors:
+                log.error("reload rejected: %s", err)
+            return False, "\n".join(str(e) for e in errors.errors)
+        servers = {addr: listener.server for addr, listener in self.listeners.items()}
+        if problems := tls_changes(servers, new_cfg):
+            for problem in problems:
+                log.error("reload rejected: %s", problem)
+            return False, "\n".join(problems)
         try:
             added = await self._open_listeners(new_cfg)
         except StartError as exc:
             log.error("reload rejected: %s", exc)
             return False, str(exc)
         old = self.runtime
-        new = build_runtime(new_cfg, old, loop)
+        new = build_runtime(new_cfg, old, loop, tls)
         log_change = self._swap_access_log(old.config, new_cfg)
         new.access_log = self.access_log
         assert self.holder is not None
         self.holder.runtime = new  # the swap: one assignment
+        refresh_policies(servers, new_cfg)  # TLS floor and ciphers of listeners kept
         self.health.reload(old, new)  # same tick: no request sees unconfigured health
         self.config = new_cfg
         removed = self._close_removed_listeners(new_cfg)

@@ -59,6 +59,8 @@ from lbd.inspect.store import (
     WOULD_REJECT,
     Sample,
 )
+from lbd.limits.gate import PausableServer
+from lbd.limits.rate import Limited, Source
 from lbd.proxy.exchange import Exchange
 from lbd.proxy.timer import Deadline
 
@@ -118,11 +120,14 @@ class ClientConnection(asyncio.Protocol):
         "_rate_mark",
         "_rate_paused",
         "_raw_left",
+        "_refuse",
+        "_source",
         "_started_at",
         "_tunnel",
         "_url",
         "_url_chunk",
         "_writing_paused",
+        "accept_switch",
         "deadline",
         "loop",
         "peer_ip",
@@ -180,6 +185,12 @@ class ClientConnection(asyncio.Protocol):
         self._rate_ex: Exchange | None = None
         self._rate_mark = 0
         self._rate_paused = False
+        # --- edge protection (lbd.limits): the per-source entry this connection counts in,
+        # the 429 reason when it is over its source's connection limit, and the listener
+        # (PausableServer) that accepted it, for the frontend's maxconn gate
+        self._source: Source | None = None
+        self._refuse = ""
+        self.accept_switch: PausableServer | None = None
 
     # asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -192,10 +203,36 @@ class ClientConnection(asyncio.Protocol):
         if peer:
             self.peer_ip = peer[0].encode()
             self.peer_port = peer[1]
-        fc = self._fe.counters
+        fe = self._fe
+        fc = fe.counters
         fc.conn_total += 1
         fc.conn_cur += 1
-        self.deadline.set(self._fe.timeouts.http_request)
+        if not self._admit(fe, transport):
+            return
+        self.deadline.set(fe.timeouts.http_request)
+
+    def _admit(self, fe: FrontendRuntime, transport: asyncio.Transport) -> bool:
+        """Accept-time checks: source access list, frontend maxconn, per-source connections.
+        A refused connection is closed before a byte is read (HAProxy's `tcp-request
+        connection reject`); it was counted like any other so connection_lost evens it out."""
+        fc = fe.counters
+        acl = fe.acl
+        if acl is not None and not acl.permits(self.peer_ip.decode()):
+            fc.denied_connections += 1
+            self._closing = True
+            transport.close()
+            return False
+        gate = fe.gate
+        if gate is not None and not gate.opened(fc, self.accept_switch):
+            self._closing = True
+            transport.close()
+            return False
+        limiter = fe.limiter
+        if limiter is not None:
+            self._source = limiter.connect(self.peer_ip, self.loop.time())
+            if self._source is None:
+                self._refuse = "connections"  # answered 429 at its first request
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -283,6 +320,9 @@ class ClientConnection(asyncio.Protocol):
                 self._message_at_start = True
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
+                if isinstance(cause, Limited):
+                    self._too_many(cause)
+                    return
                 if isinstance(cause, BadRequest):
                     self._bad_request(cause)
                     return
@@ -297,7 +337,14 @@ class ClientConnection(asyncio.Protocol):
         if self._rate_handle is not None:
             self._rate_handle.cancel()
             self._rate_handle = None
-        self._fe.counters.conn_cur -= 1
+        fc = self._fe.counters
+        fc.conn_cur -= 1
+        gate = self._fe.gate
+        if gate is not None:
+            gate.closed(fc)
+        if self._source is not None:
+            self._source.conns -= 1
+            self._source = None
         if self._active is not None:
             self._active.client_lost()
             self._active = None
@@ -371,6 +418,8 @@ class ClientConnection(asyncio.Protocol):
         report = inspect_target(head)
         if report is not None:
             self._apply_url_policy(head, report)
+        if fe.limiter is not None:
+            self._check_source(fe)
         max_body = limits.max_body_bytes
         if head.content_length is not None and head.content_length > max_body:
             # Before any byte goes to a server, so before any `100 Continue` can be sent.
@@ -540,6 +589,43 @@ class ClientConnection(asyncio.Protocol):
             if self._queue is None:
                 self._queue = deque()
             self._queue.append(response)
+
+    # per-source limits -----------
+
+    def _check_source(self, fe: FrontendRuntime) -> None:
+        """Raise Limited (→ 429) when this source is over its limits."""
+        if self._refuse:
+            raise Limited(self._refuse, 1)
+        src = self._source
+        limiter = fe.limiter
+        if src is not None and limiter is not None:
+            wait = limiter.take(src, self.peer_ip, self.loop.time())
+            if wait:
+                raise Limited("rate", wait)
+
+    def _too_many(self, err: Limited) -> None:
+        """Answer 429 with Retry-After in this request's turn, log it (term PR), then close."""
+        self._pause_reading(PAUSE_ERROR)
+        fe = self._fe
+        fc = fe.counters
+        if err.reason == "rate":
+            fc.limited_rate += 1
+        else:
+            fc.limited_connections += 1
+        head = self._head
+        if self._active is None and head is not None:
+            ex = Exchange(self, head, self.runtime, fe, self._started_at)
+            ex.req_done = True  # its body, if any, is never read: the connection closes
+            ex.term = "PR"
+            self._active = ex
+            ex.reply_local(429, err.response)
+            return
+        # Pipelined behind another request: answered in its turn, counted here.
+        fc.requests += 1
+        fc.responses[4] += 1
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(err.response)
 
     # request inspection -----------
 

@@ -11,13 +11,14 @@ so a reload keeps it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from lbd.config.schema import Address
 from lbd.proxy.upstream import UpstreamConnection
 
 
 class ConnPool:
-    __slots__ = ("_idle", "address", "idle_timeout", "loop", "max_idle")
+    __slots__ = ("_idle", "address", "idle_timeout", "loop", "max_idle", "server_hostname", "ssl")
 
     def __init__(
         self,
@@ -31,6 +32,9 @@ class ConnPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: list[UpstreamConnection] = []
+        # TLS to the server (`tls:` on it): set by build_runtime, None for plain HTTP.
+        self.ssl: ssl.SSLContext | None = None
+        self.server_hostname: str | None = None
 
     def acquire(self) -> UpstreamConnection | None:
         """An idle connection that still looks alive, or None."""
@@ -62,10 +66,16 @@ class ConnPool:
     async def connect(self, timeout: float) -> UpstreamConnection:
         """A new connection; raises OSError or TimeoutError."""
         loop = self.loop
-        # uvloop and asyncio both set TCP_NODELAY on new TCP transports already.
+        # uvloop and asyncio both set TCP_NODELAY on new TCP transports already. With TLS the
+        # timeout covers the handshake too (HAProxy's `timeout connect` does not; close enough).
+        tls = self.ssl
         _, proto = await asyncio.wait_for(
             loop.create_connection(
-                lambda: UpstreamConnection(loop, self), self.address.host, self.address.port
+                lambda: UpstreamConnection(loop, self),
+                self.address.host,
+                self.address.port,
+                ssl=tls,
+                server_hostname=self.server_hostname if tls is not None else None,
             ),
             timeout,
         )

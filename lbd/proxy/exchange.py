@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from lbd.health import passive
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from lbd.proxy.upstream import UpstreamConnection
     from lbd.runtime import BackendRuntime, FrontendRuntime, Runtime
     from lbd.state import ServerState
+    from lbd.sticky.policy import Persist
 
 log = logging.getLogger("lbd.proxy")
 
@@ -44,17 +46,22 @@ _RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 def request_head_bytes(
-    head: RequestHead, client_ip: bytes, proto: bytes, default_host: bytes
+    head: RequestHead,
+    client_ip: bytes,
+    proto: bytes,
+    default_host: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """The head sent to the server: hop-by-hop headers removed, X-Forwarded-* set. The server
     leg is always HTTP/1.1, which requires Host (RFC 9112 §3.2): an HTTP/1.0 request without one
-    gets `default_host` (the backend's name, as nginx sends its upstream's name)."""
+    gets `default_host` (the backend's name, as nginx sends its upstream's name). `headers`
+    replaces the client's when persistence removed or unprefixed its cookie."""
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     if head.host is None:
         parts += (b"Host: ", default_host, b"\r\n")
     extra = head.connection_tokens - _STANDARD_TOKENS
     drop = _DROP_REQUEST | extra if extra else _DROP_REQUEST
-    for name, value in head.headers:
+    for name, value in head.headers if headers is None else headers:
         if name.lower() in drop:
             continue
         parts += (name, b": ", value, b"\r\n")
@@ -85,6 +92,7 @@ class Exchange:
         "head",
         "headers_at",
         "module",
+        "persist",
         "queue_timer",
         "queue_wait",
         "queued_at",
@@ -137,6 +145,7 @@ class Exchange:
         self.connecting = False
         self.retries_left = 0
         self.hash_key: bytes | None = None  # extracted once; retries reuse it
+        self.persist: Persist | None = None  # cookie / stick-table facts, sticky backends only
         self.dispatched_at = 0.0
         self.queue_timer: asyncio.TimerHandle | None = None  # waiting for a server slot
         self.queued_at = 0.0
@@ -201,7 +210,13 @@ class Exchange:
         self.retries_left = backend.config.retries
         if backend.key_of is not None:
             self.hash_key = backend.key_of(head, client.peer_ip)
-        data = request_head_bytes(head, client.peer_ip, client.proto, backend.host_header)
+        forward = None
+        if backend.sticky is not None:
+            p = self.persist = backend.sticky.request(
+                head.headers, client.peer_ip, int(time.time()), client.loop.time()
+            )
+            forward = p.headers
+        data = request_head_bytes(head, client.peer_ip, client.proto, backend.host_header, forward)
         # Body bytes of a pipelined request may already wait here: the head goes first.
         self.req_out.insert(0, data)
         if self.replay is not None:
@@ -214,6 +229,12 @@ class Exchange:
     def _dispatch(self, avoid: ServerState | None) -> None:
         backend = self.backend
         assert backend is not None
+        persist = self.persist
+        if persist is not None and persist.target is not None:
+            if avoid is None:
+                self._dispatch_persistent(backend, persist.target)
+                return
+            persist.redispatched()  # never back to the server that just failed
         server, all_full = backend.pick_with_room(self.hash_key, avoid)
         if server is None and all_full:
             self._enter_queue(backend)
@@ -225,6 +246,18 @@ class Exchange:
             return
         if avoid is not None and server is not avoid:
             backend.counters.redispatches += 1
+        self._send_to(backend, server)
+
+    def _dispatch_persistent(self, backend: BackendRuntime, server: ServerState) -> None:
+        """The request names `server` (cookie or stick table), which is not DOWN or MAINT: it
+        goes there even in DRAIN, at weight 0 or as a backup. At its maxconn, it waits in the
+        backend queue for a slot rather than lose its session."""
+        if not server.has_room():
+            self._enter_queue(backend)
+            return
+        self._send_to(backend, server)
+
+    def _send_to(self, backend: BackendRuntime, server: ServerState) -> None:
         self.server = server
         self.dispatched_at = self.client.loop.time()
         server.inflight += 1
@@ -233,7 +266,10 @@ class Exchange:
         sc.cur_requests += 1
         if sc.cur_requests > sc.max_requests:
             sc.max_requests = sc.cur_requests
-        backend.balancer.request_started(server)
+        if not server.config.backup:
+            # The balancer knows active servers only; a backup (picked when no active is
+            # usable, or named by persistence) must not enter its structures.
+            backend.balancer.request_started(server)
         conn = server.pool.acquire()
         if conn is not None:
             self._attach(conn)
@@ -360,8 +396,9 @@ class Exchange:
             server.counters.cur_requests -= 1
             backend = self.backend
             if backend is not None:
-                done_at = self.response_at or self.client.loop.time()
-                backend.balancer.request_finished(server, done_at - self.dispatched_at)
+                if not server.config.backup:
+                    done_at = self.response_at or self.client.loop.time()
+                    backend.balancer.request_finished(server, done_at - self.dispatched_at)
                 if backend.queue:
                     backend.wake_one()
 
@@ -450,6 +487,13 @@ class Exchange:
         for c in self._counter_set(self.server):
             c.header_time.observe_at(bucket, waited)
         head = self.head
+        extra_lines = b""
+        backend = self.backend
+        if self.persist is not None and backend is not None and backend.sticky is not None:
+            if server is not None:  # persistence cookie / stick table learn from the answer
+                headers, extra_lines = backend.sticky.response(
+                    self.persist, server, headers, int(time.time()), now
+                )
         chunked = False
         has_length = False
         extra_tokens: set[bytes] | None = None
@@ -479,7 +523,6 @@ class Exchange:
                 if name.lower() not in drop:
                     parts += (name, b": ", value, b"\r\n")
         no_body = head.method == b"HEAD" or status in (204, 304) or status == 101
-        extra_lines = b""
         client_11 = head.version == b"1.1"
         if not no_body and not has_length:
             if not chunked:
@@ -487,7 +530,7 @@ class Exchange:
                 self.upstream_keep_alive = False
             if client_11:
                 self.rechunk = True
-                extra_lines = b"Transfer-Encoding: chunked\r\n"
+                extra_lines += b"Transfer-Encoding: chunked\r\n"
             else:
                 self.client_close = True
         if head.upgrade is not None and status != 101:
@@ -501,6 +544,9 @@ class Exchange:
             extra_lines += b"Connection: close\r\n"
         elif not client_11:
             extra_lines += b"Connection: keep-alive\r\n"
+        hsts = self.fe.hsts  # `tls: {hsts: ...}`: unless the server already set its own
+        if hsts and not any(n.lower() == b"strict-transport-security" for n, _ in headers):
+            extra_lines += hsts
         parts += (extra_lines, b"\r\n")
         data = b"".join(parts)
         self.resp_bytes += len(data)  # HAProxy's bytes_read and bout count the head too
@@ -754,6 +800,8 @@ class Exchange:
                 backend.counters.cur_requests -= 1
         sent = self.req_body_bytes
         received = self.resp_bytes
+        if self.persist is not None and backend is not None:
+            self.persist.count(backend.counters)
         for c in (fc, mc) if backend is None else (fc, mc, backend.counters):
             c.responses[cls] += 1
             c.bytes_in += sent

@@ -107,7 +107,17 @@ class TrafficCounters:
 
 
 class FrontendCounters(TrafficCounters):
-    __slots__ = ("conn_cur", "conn_total", "denied", "malformed")
+    __slots__ = (
+        "conn_cur",
+        "conn_total",
+        "denied",
+        "denied_connections",
+        "limited_connections",
+        "limited_rate",
+        "malformed",
+        "maxconn_pauses",
+        "maxconn_refused",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,12 +125,25 @@ class FrontendCounters(TrafficCounters):
         self.conn_cur = 0
         self.denied = 0
         self.malformed: dict[str, int] = {}  # reason → count; reasons are a fixed small set
+        # Edge protection (lbd.limits): connections closed at accept by `allow`/`deny`;
+        # 429s for a source over its request rate, or over its open connections; times
+        # accepting paused at maxconn; connections accepted past maxconn and closed at once.
+        self.denied_connections = 0
+        self.limited_rate = 0
+        self.limited_connections = 0
+        self.maxconn_pauses = 0
+        self.maxconn_refused = 0
 
 
 class BackendCounters(TrafficCounters):
     __slots__ = (
         "conn_errors",
         "no_server",
+        "persist_expired",
+        "persist_invalid",
+        "persist_new",
+        "persist_redispatched",
+        "persist_valid",
         "queue_cur",
         "queue_max",
         "queue_timeouts",
@@ -139,6 +162,15 @@ class BackendCounters(TrafficCounters):
         self.retries = 0
         self.redispatches = 0
         self.no_server = 0
+        # Persistence outcomes (cookie or stick table), one per request of a sticky backend:
+        # HAProxy's cookie letters N (new), V (valid), D (server down: redispatched),
+        # I (names no known server), E/O (cookie too old by maxidle/maxlife). An expired table
+        # entry is a miss: new.
+        self.persist_new = 0
+        self.persist_valid = 0
+        self.persist_redispatched = 0
+        self.persist_invalid = 0
+        self.persist_expired = 0
 
 
 class ServerCounters(BackendCounters):

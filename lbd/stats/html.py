@@ -265,6 +265,21 @@ def _server_row(s: ServerStats) -> str:
     return f'<tr class="{cls}"><td>{name}</td><td>{badge}</td>{rest}</tr>'
 
 
+def _persistence(be: BackendStats) -> str:
+    """One line of session-persistence outcomes (and the stick table), for sticky backends."""
+    outcomes = be["persistence"]
+    if outcomes is None:
+        return ""
+    text = "persistence: " + " · ".join(f"{n} {name}" for name, n in outcomes.items())
+    table = be["stick_table"]
+    if table is not None:
+        text += (
+            f" · stick table on {table['on']}: {table['entries']}/{table['size']} entries, "
+            f"{table['evicted']} evicted, {table['expired']} expired"
+        )
+    return f'<p class="summary">{esc(text)}</p>'
+
+
 def _backend(be: BackendStats) -> str:
     errors = be["conn_errors"] + be["response_errors"]
     foot = _row([
@@ -276,6 +291,7 @@ def _backend(be: BackendStats) -> str:
         f"<section><h2>Backend {esc(be['name'])} {_status_badge(be['status'])}</h2>"
         f'<p class="summary">{esc(servers)} · balance {esc(be["balance"])} · '
         f"{esc(be['no_server'])} requests found no server</p>"
+        + _persistence(be)
         + _table(SERVER_HEADS, (_server_row(s) for s in be["servers"]), foot, cls="servers")
         + "</section>"
     )

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from lbd import __version__
 from lbd.logs.access import AccessLog, open_access_logs
-from lbd.runtime import Runtime, RuntimeHolder
+from lbd.runtime import BackendRuntime, Runtime, RuntimeHolder
 from lbd.state import ServerState
 from lbd.stats.counters import (
     CLASS_LABELS,
@@ -40,7 +40,7 @@ from lbd.stats.counters import (
     Histogram,
     TrafficCounters,
 )
-from lbd.stats.snapshot import CODE_ORDER, module_servers
+from lbd.stats.snapshot import CODE_ORDER, module_servers, persistence
 
 SERVER_STATES = ("UP", "DOWN", "DRAIN", "MAINT")
 ADMIN_STATES = ("ready", "drain", "maint")
@@ -264,6 +264,37 @@ def _frontends(runtime: Runtime) -> Iterator[Metric]:
         (([fe.name], fe.counters.denied) for fe in fes),
     )
     yield counter(
+        "lbd_frontend_denied_connections_total",
+        "Connections closed at accept by the frontend's allow/deny source lists.",
+        labels,
+        (([fe.name], fe.counters.denied_connections) for fe in fes),
+    )
+    yield counter(
+        "lbd_frontend_limited_requests_total",
+        "Requests answered 429 by a per-source limit, by reason (rate, connections).",
+        ["frontend", "reason"],
+        (
+            row
+            for fe in fes
+            for row in (
+                ([fe.name, "rate"], fe.counters.limited_rate),
+                ([fe.name, "connections"], fe.counters.limited_connections),
+            )
+        ),
+    )
+    yield counter(
+        "lbd_frontend_maxconn_pauses_total",
+        "Times the frontend stopped accepting because it had maxconn connections open.",
+        labels,
+        (([fe.name], fe.counters.maxconn_pauses) for fe in fes),
+    )
+    yield counter(
+        "lbd_frontend_maxconn_refused_total",
+        "Connections accepted past maxconn (before accepting paused) and closed at once.",
+        labels,
+        (([fe.name], fe.counters.maxconn_refused) for fe in fes),
+    )
+    yield counter(
         "lbd_frontend_malformed_requests_total",
         "Requests refused before routing (bad syntax, limits, smuggling risks), by reason.",
         ["frontend", "reason"],
@@ -352,6 +383,45 @@ def _backends(runtime: Runtime) -> Iterator[Metric]:
     )
     weights = (([be.name], sum(s.weight for s in ok if not s.config.backup)) for be, ok in usable)
     yield gauge("lbd_backend_weight", "Sum of the usable active servers' weights.", labels, weights)
+    yield from _persistence(bes)
+
+
+def _persistence(bes: list[BackendRuntime]) -> Iterator[Metric]:
+    """Session persistence, for backends with `sticky` (HAProxy's cookie outcomes) and stick
+    tables."""
+    sticky = [be for be in bes if be.sticky is not None]
+    yield counter(
+        "lbd_backend_persistence_total",
+        "Requests by persistence outcome: new, valid, redispatched (server down), invalid, "
+        "expired.",
+        ["backend", "outcome"],
+        (([be.name, k], n) for be in sticky for k, n in persistence(be.counters).items()),
+    )
+    tables = [(be.name, be.sweeper.table) for be in bes if be.sweeper is not None]
+    yield gauge(
+        "lbd_stick_table_entries",
+        "Entries in the stick table.",
+        ["backend"],
+        (([name], len(t)) for name, t in tables),
+    )
+    yield gauge(
+        "lbd_stick_table_size",
+        "Capacity of the stick table.",
+        ["backend"],
+        (([name], t.size) for name, t in tables),
+    )
+    yield counter(
+        "lbd_stick_table_evictions_total",
+        "Entries dropped because the table was full (least recently used first).",
+        ["backend"],
+        (([name], t.evicted) for name, t in tables),
+    )
+    yield counter(
+        "lbd_stick_table_expirations_total",
+        "Entries dropped after `expire` without use.",
+        ["backend"],
+        (([name], t.expired) for name, t in tables),
+    )
 
 
 # Errors and retries, counted alike on backends and servers (BackendCounters fields).

@@ -57,9 +57,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class StatsServer:
     """The stats HTTP listener of one worker."""
 
-    def __init__(self, started_at: float | None = None, auth_file: str | None = None) -> None:
+    def __init__(
+        self,
+        started_at: float | None = None,
+        auth_file: str | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.started_at = time.time() if started_at is None else started_at
         self.auth_file = auth_file
+        # A master's: make the runtime's counters the totals over its workers before rendering.
+        self.refresh = refresh
         self.tracker = RateTracker()
         self.address: tuple[str, int] | None = None  # what was bound (port 0 resolved)
         self._holder: RuntimeHolder | None = None
@@ -97,12 +104,15 @@ class StatsServer:
 
     def _app(self) -> web.Application:
         middlewares = [self._auth_middleware] if self._users is not None else []
+        if self.refresh is not None:
+            middlewares.append(self._refresh_middleware)
         app = web.Application(middlewares=middlewares)
         app.router.add_get("/", self._root)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/stats", self._html)
         app.router.add_get("/stats.json", self._json)
         app.router.add_get("/stats.csv", self._csv)
+        app.on_response_prepare.append(_hide_server_software)
         return app
 
     def snapshot(self) -> Snapshot:
@@ -147,6 +157,15 @@ class StatsServer:
             self._valid_auth.add(key)
         return await handler(request)
 
+    @web.middleware
+    async def _refresh_middleware(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        # After authentication: an anonymous request must not cost a round of worker dumps.
+        assert self.refresh is not None
+        await self.refresh()
+        return await handler(request)
+
     def _check(self, header: str) -> bool:
         assert self._users is not None
         credentials = parse_basic(header)
@@ -179,6 +198,11 @@ def listen_socket(bind: Address, backlog: int = 128) -> socket.socket:
 
 
 # --- htpasswd -------------------------------------------------------------------------------------
+
+
+async def _hide_server_software(_request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp announces `Server: Python/x aiohttp/y`: versions only help an attacker."""
+    response.headers.popall("Server", None)
 
 
 def load_htpasswd(path: str) -> dict[str, str]:

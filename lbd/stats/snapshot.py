@@ -122,6 +122,14 @@ class ServerStats(Traffic, ErrorCounts):
     downtime: float  # seconds spent DOWN, the current down period included
 
 
+class StickTableStats(TypedDict):
+    on: str  # src | cookie
+    entries: int
+    size: int
+    evicted: int  # dropped because the table was full (least recently used first)
+    expired: int  # dropped after `expire` without use
+
+
 class BackendStats(Traffic, ErrorCounts, Timings):
     queue_cur: int  # requests waiting for a server slot now
     queue_max: int  # highest queue length seen
@@ -131,6 +139,9 @@ class BackendStats(Traffic, ErrorCounts, Timings):
     weight: int  # sum of the usable active servers' weights
     active_servers: int  # usable non-backup servers
     backup_servers: int  # usable backup servers
+    # Session persistence (only for backends with `sticky`): outcome → requests, and the table.
+    persistence: dict[str, int] | None
+    stick_table: StickTableStats | None
     servers: list[ServerStats]
 
 
@@ -365,5 +376,32 @@ def _backend(be: BackendRuntime, rates: dict[RateKey, float]) -> BackendStats:
         "weight": sum(s.weight for s in active),
         "active_servers": len(active),
         "backup_servers": len(usable) - len(active),
+        "persistence": persistence(be.counters) if be.sticky is not None else None,
+        "stick_table": _stick_table(be),
         "servers": [_server(s, rates) for s in be.servers],
+    }
+
+
+def persistence(c: BackendCounters) -> dict[str, int]:
+    """Persistence outcomes by name (HAProxy's cookie letters N, V, D, I, E/O)."""
+    return {
+        "new": c.persist_new,
+        "valid": c.persist_valid,
+        "redispatched": c.persist_redispatched,
+        "invalid": c.persist_invalid,
+        "expired": c.persist_expired,
+    }
+
+
+def _stick_table(be: BackendRuntime) -> StickTableStats | None:
+    sticky = be.config.sticky
+    if be.sweeper is None or sticky is None or sticky.table is None:
+        return None
+    t = be.sweeper.table
+    return {
+        "on": sticky.table.on,
+        "entries": len(t),
+        "size": t.size,
+        "evicted": t.evicted,
+        "expired": t.expired,
     }

@@ -1,0 +1,1 @@
+"""TLS: termination on frontends (SNI, hot-reloaded certificates) and TLS to servers."""
