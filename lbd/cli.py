@@ -110,7 +110,16 @@ def _load(path: str, errors_to: TextIO) -> Config | None:
 
 
 def cmd_check(path: str) -> int:
-    if _load(path, sys.stdout) is None:
+    cfg = _load(path, sys.stdout)
+    if cfg is None:
+        return EXIT_CONFIG
+    from lbd.tls.context import load_tls
+
+    try:
+        load_tls(cfg)  # certificate, key and CA files must load, as `run` and `reload` need
+    except ConfigErrors as errors:
+        for err in errors.errors:
+            print(err)
         return EXIT_CONFIG
     print("configuration valid")
     return EXIT_OK

@@ -377,3 +377,28 @@ async def test_check_reports_bad_tls_keys(tmp_path: Path) -> None:
     assert "frontends.fe.tls.min_version: expected 1.2 or 1.3" in out
     assert "backends.app.servers[0].tls.verify: expected true or false" in out
     assert "backends.app.servers[0].tls.cipher: unknown key" in out
+
+
+async def test_check_opens_certificate_files(tmp_path: Path) -> None:
+    # `lbd check` loads what `run` would: a certificate that is not one fails the check with
+    # the key that names it, so a typo is caught before a reload is attempted.
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    (tmp_path / "bad.key").write_text("not a key\n")
+    cfg = config(
+        free_port(),
+        [free_port()],
+        {"tls": {"cert": str(tmp_path / "bad.pem"), "key": str(tmp_path / "bad.key")}},
+    )
+    path = tmp_path / "lbd.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lbd", "check", "-c", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "frontends.fe.tls.cert: cannot load certificate" in proc.stdout
+    assert "configuration valid" not in proc.stdout
