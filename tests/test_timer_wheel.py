@@ -8,6 +8,7 @@ deadline must never fire before its time.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -119,4 +120,50 @@ async def test_many_deadlines_fire_in_time_order() -> None:
     for slot in slots:
         assert slot >= highest - 1
         highest = max(highest, slot)
+    assert wheel_of(loop).pending() == 0
+
+
+async def test_a_slot_emptied_a_little_early_refiles_to_a_later_slot_not_forever() -> None:
+    # A tick that runs a few ms before a slot starts (loop timers round to the millisecond, a
+    # busy loop runs late) empties that slot and must re-file what is not yet due into a later
+    # slot. Refiling into the slot being emptied spun the event loop forever.
+    loop = asyncio.get_running_loop()
+    rec = Recorder(loop)
+    early, late = rec.deadline("early"), rec.deadline("late")
+    start = loop.time()
+    early.set(0.01)
+    index = int((start + 0.2) / RESOLUTION) + 1
+    late.set(index * RESOLUTION - 0.0005 - start)  # just before its slot's end
+    busy_until = late.when - 0.001
+
+    def busy() -> None:  # the loop is blocked until 1 ms before `late` is due
+        while loop.time() < busy_until:
+            time.sleep(0.0002)
+
+    loop.call_soon(busy)
+    await asyncio.wait_for(_until(lambda: len(rec.fired) == 2), timeout=5)
+    assert [n for n, _ in rec.fired] == ["early", "late"]
+    assert rec.fired[1][1] >= index * RESOLUTION - 0.0005  # never early
+
+
+async def test_a_callback_that_cancels_deadlines_of_its_own_slot_stops_them() -> None:
+    loop = asyncio.get_running_loop()
+    events: list[str] = []
+    victims = [Deadline(loop, lambda i=i: events.append(f"victim{i}")) for i in range(50)]
+
+    def kill() -> None:
+        events.append("killer")
+        for v in victims:
+            v.cancel()
+
+    killer = Deadline(loop, kill)
+    # One instant, so one slot, iterated in arbitrary order: victims met before the killer
+    # fire, the ones after it must not.
+    killer.set(0.1)
+    for v in victims:
+        v.set(0.1)
+    await asyncio.sleep(0.4)
+    assert "killer" in events
+    assert events.index("killer") == len(events) - 1, events
+    assert all(v.when == 0.0 for v in victims)
     assert wheel_of(loop).pending() == 0

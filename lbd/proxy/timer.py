@@ -24,9 +24,10 @@ import weakref
 from collections.abc import Callable
 
 RESOLUTION = 0.05  # seconds per slot
-# A loop timer may wake a little before the instant it was set for (millisecond rounding); a
-# slot counts as due within this fraction of a slot, and anything not yet due is re-filed.
-_EARLY = 0.1
+# A loop timer may wake a little before the instant it was set for (millisecond rounding): a
+# slot counts as due this close to its start, and what it holds that is not yet due is re-filed
+# in a *later* slot, never the one being emptied (that would spin forever).
+_EARLY = 0.002  # seconds
 
 
 class TimerWheel:
@@ -41,8 +42,11 @@ class TimerWheel:
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0  # slot index the loop timer is set for; 0: none
 
-    def file(self, deadline: Deadline, when: float) -> None:
+    def file(self, deadline: Deadline, when: float, after: int = 0) -> None:
+        """File `deadline` in the first slot that starts after `when` and after slot `after`."""
         index = int(when / RESOLUTION) + 1
+        if index <= after:
+            index = after + 1
         deadline._slot = index
         deadline._refile_below = (index - 1) * RESOLUTION
         slot = self._slots.get(index)
@@ -75,20 +79,27 @@ class TimerWheel:
         self._armed = 0
         loop = self._loop
         now = loop.time()
-        due = int(now / RESOLUTION + _EARLY)
+        due = int((now + _EARLY) / RESOLUTION)
         heap = self._heap
+        # Take the due slots out first: whatever callbacks or re-filing put on the wheel while
+        # they are emptied waits for a later tick.
+        slots: list[tuple[int, set[Deadline]]] = []
         while heap and heap[0] <= due:
-            slot = self._slots.pop(heapq.heappop(heap), None)
-            if not slot:
-                continue
+            index = heapq.heappop(heap)
+            slot = self._slots.pop(index, None)
+            if slot:
+                slots.append((index, slot))
+        for index, slot in slots:
             for deadline in slot:
+                if deadline._slot != index:
+                    continue  # a callback already cancelled or re-filed it elsewhere
                 deadline._slot = 0
                 deadline._refile_below = _NOT_FILED
                 when = deadline.when
                 if when == 0.0:
                     continue
                 if when > now:
-                    self.file(deadline, when)
+                    self.file(deadline, when, after=due)
                     continue
                 deadline.when = 0.0
                 try:
