@@ -130,13 +130,21 @@ class BackendRuntime:
         return (server if server is not None and server.has_room() else None), False
 
     def wake_one(self) -> None:
-        """A slot was freed: the oldest waiting request tries again."""
+        """A slot was freed: the oldest waiting request that can use it tries again. Requests
+        waiting for their own persistent server (still full) keep their place, as they would in
+        HAProxy's per-server queue."""
         queue = self.queue
+        skipped: list[Exchange] = []
         while queue:
             ex = queue.popleft()
+            if ex.waits_for_its_server():
+                skipped.append(ex)
+                continue
             self.counters.queue_cur -= 1
             if ex.leave_queue():
-                return
+                break
+        if skipped:
+            queue.extendleft(reversed(skipped))
 
     def _pick_backup(self, avoid: ServerState | None) -> ServerState | None:
         usable = [s for s in self.backups if s.usable()]

@@ -231,10 +231,12 @@ class Exchange:
         assert backend is not None
         persist = self.persist
         if persist is not None and persist.target is not None:
-            if avoid is None:
-                self._dispatch_persistent(backend, persist.target)
+            target = persist.target
+            # Re-checked here because a queued request may find its server DOWN or in MAINT.
+            if avoid is None and target.up and target.admin != "maint":
+                self._dispatch_persistent(backend, target)
                 return
-            persist.redispatched()  # never back to the server that just failed
+            persist.redispatched()  # never back to a server that failed or went away
         server, all_full = backend.pick_with_room(self.hash_key, avoid)
         if server is None and all_full:
             self._enter_queue(backend)
@@ -291,6 +293,15 @@ class Exchange:
         loop = self.client.loop
         self.queued_at = loop.time()
         self.queue_timer = loop.call_later(backend.config.timeouts.queue, self._queue_timeout)
+
+    def waits_for_its_server(self) -> bool:
+        """Queued for the server its session names, which is still full (and still reachable):
+        a slot freed elsewhere is not for this request, which keeps its place and its timer."""
+        p = self.persist
+        if p is None or p.target is None or self.done:
+            return False
+        t = p.target
+        return t.up and t.admin != "maint" and not t.has_room()
 
     def leave_queue(self) -> bool:
         """Called by the backend when a slot frees; False if this request is gone already."""
