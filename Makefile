@@ -35,6 +35,7 @@ typecheck: $(STAMP)
 
 ## bench: lbd vs HAProxy vs nginx with wrk (see bench/README.md)
 bench: $(STAMP) tools
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 clean:

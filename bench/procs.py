@@ -189,3 +189,20 @@ def rss_kib(root: int) -> int:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
     return total
+
+
+def unwind_on_signals() -> None:
+    """Ctrl-C, kill and a closed terminal all raise KeyboardInterrupt, so the caller's `finally`
+    stops every child (SIGINT explicitly: a shell's background job starts with it ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def failure_kinds(failures: dict[str, int]) -> str:
+    """` {kind: count}` when anything failed, else nothing (for one-line reports)."""
+    return f" {failures}" if failures else ""

@@ -14,25 +14,26 @@ import datetime
 import json
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import chart
 import report
 import rss
 import syscalls
 import throughput
 import wrk
-from lab import EXTRA_PROXIES, PROXIES, REPO, Endpoint, Lab, Placement, tool
-from procs import StartError, busy_percent, usable_cpus
+from lab import EXTRA_PROXIES, PROFILE_PROXIES, PROXIES, REPO, Endpoint, Lab, Placement, tool
+from procs import StartError, busy_percent, unwind_on_signals, usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Proxies another engineer may still be finishing: skipped ones get a second chance at the end.
+RETRY_LATE = ("lbd-w2",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rss-connections", type=int, default=5000, metavar="N")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    redo = "measure nothing: redo the table, latest.md and latest.png from a run's JSON"
+    p.add_argument("--from-json", type=Path, metavar="PATH", help=redo)
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.duration = 1, 3.0
@@ -139,15 +142,20 @@ def environment(args: argparse.Namespace, placement: Placement) -> dict[str, Any
 # --- phases ---------------------------------------------------------------------------------
 
 
-def start_endpoints(lab: Lab, names: list[str]) -> tuple[list[Endpoint], dict[str, str]]:
-    """Start every proxy that can start; the others are reported, not fatal."""
+def start_endpoints(
+    lab: Lab, names: list[str], profiles: list[str]
+) -> tuple[list[Endpoint], dict[str, str]]:
+    """Start every proxy that can start, once per profile; the others are reported, not fatal."""
     endpoints, skipped = [], {}
-    for name in names:
-        try:
-            endpoints.append(lab.start_proxy(name))
-        except StartError as e:
-            skipped[name] = str(e)
-            print(f"!! skipping {name}: {e}", file=sys.stderr)
+    for profile in profiles:
+        for name in names:
+            if name not in PROFILE_PROXIES[profile]:
+                continue
+            try:
+                endpoints.append(lab.start_proxy(name, profile))
+            except StartError as e:
+                skipped[f"{name}/{profile}"] = str(e)
+                print(f"!! skipping {name} ({profile}): {e}", file=sys.stderr)
     return endpoints, skipped
 
 
@@ -155,27 +163,91 @@ def _progress(run: throughput.Run) -> None:
     cpu = f"{run.cpu_us_per_req:7.1f} µs/req" if run.cpu_us_per_req is not None else "     — µs/req"
     errors = run.socket_errors + run.status_errors
     print(
-        f"  rep {run.rep}  {run.scenario:<10} {run.proxy:<8} {run.rps:>10,.0f} req/s  "
+        f"  rep {run.rep}  {run.scenario:<10} {run.proxy:<13} {run.rps:>10,.0f} req/s  "
         f"p99 {run.p99_ms:7.2f} ms  cpu {cpu}  errors {errors}",
         flush=True,
     )
 
 
 def run_throughput(
-    args: argparse.Namespace, endpoints: list[Endpoint], lab: Lab, script: Path
+    args: argparse.Namespace, endpoints: list[Endpoint], lab: Lab, doc: dict[str, Any]
 ) -> dict[str, Any]:
-    throughput.warm_up(endpoints, script, lab.placement)
+    scripts = throughput.scripts(lab.workdir, args.scenarios)
+    throughput.warm_up(endpoints, scripts, lab.placement)
     runs = throughput.run_all(
-        endpoints, args.scenarios, args.reps, args.duration, script, lab.placement, _progress
+        endpoints, args.scenarios, args.reps, args.duration, scripts, lab.placement, _progress
     )
+    runs += _retry_late(args, endpoints, lab, doc["skipped"], scripts)
+    return {"runs": [asdict(r) for r in runs], **render_all(args, runs, doc["meta"])}
+
+
+def render_all(
+    args: argparse.Namespace, runs: list[throughput.Run], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The table on stdout, latest.md and latest.png; the summary part of the JSON."""
     summaries = report.summarise(runs)
+    scaling = report.scaling(summaries, meta["nproc"], meta["pinning"]["proxy_cpu"] is not None)
     print()
-    print(report.render(summaries, args.scenarios, args.reps, args.duration))
-    return {"runs": [asdict(r) for r in runs], "summary": [asdict(s) for s in summaries]}
+    print(report.render(summaries, args.scenarios, meta["reps"], meta["duration_s"]))
+    for row in scaling:
+        print(f"workers 2 ÷ workers 1 ({row['scenario']}): {row['ratio']}x")
+    if scaling:
+        print(f"  ({scaling[0]['note']})")
+    RESULTS.mkdir(exist_ok=True)
+    md = report.markdown(summaries, args.scenarios, meta, scaling)
+    (RESULTS / "latest.md").write_text(md)
+    print(f"wrote {RESULTS / 'latest.md'}")
+    title = (f"lbd vs HAProxy vs nginx — {meta['date']}, {meta['cpu_model']}, "
+             f"{meta['nproc']} CPUs, {meta['reps']} x {meta['duration_s']:g}s")  # fmt: skip
+    keys = [s.key for s in args.scenarios]
+    print(chart.write(summaries, keys, title, RESULTS / "latest.png"))
+    return {"summary": [asdict(s) for s in summaries], "workers_scaling": scaling}
+
+
+def rerender(args: argparse.Namespace) -> int:
+    doc = json.loads(args.from_json.read_text())
+    runs = [throughput.Run(**r) for r in doc["throughput"]["runs"]]
+    render_all(args, runs, doc["meta"])
+    return 0
+
+
+def _retry_late(
+    args: argparse.Namespace,
+    endpoints: list[Endpoint],
+    lab: Lab,
+    skipped: dict[str, str],
+    scripts: dict[str, Path],
+) -> list[throughput.Run]:
+    """Proxies still being built elsewhere (lbd-w2) get one more chance after the main run,
+    measured interleaved with lbd so the scaling ratio compares like with like."""
+    late_keys = [k for k in skipped if k.split("/")[0] in RETRY_LATE]
+    runs: list[throughput.Run] = []
+    for key in late_keys:
+        name, profile = key.split("/")
+        try:
+            endpoint = lab.start_proxy(name, profile)
+        except StartError as e:
+            skipped[key] = f"{skipped[key]}\nretried after the main run: {e}"
+            print(f"!! {name} still skipped after the main run", file=sys.stderr)
+            continue
+        del skipped[key]
+        pair = [e for e in endpoints if e.name == "lbd" and e.profile == profile] + [endpoint]
+        scenarios = [s for s in args.scenarios if s.profile == profile]
+        print(f"retrying {name} after the main run, interleaved with lbd", flush=True)
+        late = throughput.run_all(
+            pair, scenarios, args.reps, args.duration, scripts, lab.placement, _progress
+        )
+        # lbd's late runs stay apart from its main ones: same process, another moment.
+        runs += [replace(r, proxy="lbd-w1") if r.proxy == "lbd" else r for r in late]
+    return runs
 
 
 def run_rss(args: argparse.Namespace, endpoints: list[Endpoint]) -> list[dict[str, Any]]:
-    results = [rss.measure(e, args.rss_connections) for e in endpoints if e.pid is not None]
+    results = [
+        rss.measure(e, args.rss_connections)
+        for e in endpoints
+        if e.pid is not None and e.profile == "plain"
+    ]
     print(rss.render(results))
     return [asdict(r) for r in results]
 
@@ -184,7 +256,7 @@ def run_syscalls(endpoints: list[Endpoint], lab: Lab, script: Path) -> list[dict
     counts = [
         syscalls.count(e, lab.workdir, script, lab.placement)
         for e in endpoints
-        if e.pid is not None
+        if e.pid is not None and e.profile == "plain"
     ]
     print(syscalls.render(counts))
     return [asdict(c) for c in counts]
@@ -199,33 +271,31 @@ def write_json(doc: dict[str, Any], name: str, extra: Path | None) -> None:
             print(f"wrote {path}")
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_phases(args: argparse.Namespace, lab: Lab) -> tuple[dict[str, Any], str]:
     """Start everything, run the chosen measurements; (JSON document, results file name)."""
     doc: dict[str, Any] = {"meta": environment(args, lab.placement)}
     lab.start_backend()
-    endpoints, doc["skipped"] = start_endpoints(lab, args.proxies)
+    measuring = not (args.rss or args.syscalls)
+    profiles = list(dict.fromkeys(s.profile for s in args.scenarios)) if measuring else ["plain"]
+    if "ehr" in profiles:
+        lab.start_mocks()
+    endpoints, doc["skipped"] = start_endpoints(lab, args.proxies, profiles)
     script = wrk.write_script(lab.workdir)
     if args.rss:
         doc["rss"] = run_rss(args, endpoints)
     if args.syscalls:
         doc["syscalls"] = run_syscalls(endpoints, lab, script)
-    if not (args.rss or args.syscalls):
-        doc["throughput"] = run_throughput(args, endpoints, lab, script)
+    if measuring:
+        doc["throughput"] = run_throughput(args, endpoints, lab, doc)
     modes = [m for m in ("rss", "syscalls") if getattr(args, m)]
     return doc, f"latest{''.join('-' + m for m in modes)}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Ctrl-C, kill and a closed terminal all unwind through the `finally` that stops children
-    # (SIGINT explicitly: a shell's background job starts with it ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    if args.from_json:
+        return rerender(args)
+    unwind_on_signals()
     placement = Placement.detect(allow_pinning=not args.no_pin)
     if not placement.pinned:
         why = f"{len(usable_cpus())} usable CPU(s) or --no-pin"

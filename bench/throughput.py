@@ -1,7 +1,10 @@
-"""Throughput scenarios: wrk against every endpoint, repetitions interleaved.
+"""Throughput scenarios: wrk against every endpoint of the scenario's profile, repetitions
+interleaved.
 
-Order is `for rep: for scenario: for proxy`, so a noisy moment on the machine hurts every proxy
-in a scenario about equally instead of all the repetitions of one proxy.
+Rules: order is `for rep: for scenario: for proxy`, so a noisy moment on the machine hurts every
+proxy in a scenario about equally instead of all the repetitions of one proxy. A scenario's wrk
+Lua `setup` (method, body, headers, a path rotation) is the only thing that differs between
+scenarios of one profile; the done hook that reports numbers is shared (wrk.py).
 """
 
 from __future__ import annotations
@@ -12,23 +15,87 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wrk
+from configs import POST_BYTES
 from lab import Endpoint, Placement
 from procs import cpu_seconds
+
+
+def rotation(weighted: Sequence[tuple[str, int]]) -> str:
+    """Lua `request` cycling through paths, each repeated by its weight (deterministic mix)."""
+    paths = [p for p, w in weighted for _ in range(w)]
+    table = ", ".join(f'"{p}"' for p in paths)
+    return f"""local paths = {{{table}}}
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format(nil, paths[i])
+end
+"""
+
+
+# The EHR mix, in twentieths: a page view fetches more assets than it makes module calls. The
+# demo's modules (conf/demo.yaml); conf/demo.yaml sets no latencies, so the mocks add none.
+EHR_MIX: tuple[tuple[str, int], ...] = (
+    ("/static/app.css", 4),
+    ("/static/logo.png", 4),
+    ("/accueil/", 4),
+    ("/rendez-vous/agenda?jour=2026-11-23", 3),
+    ("/dmu/patient/dossier", 3),
+    ("/comptes-rendus/liste", 2),
+)
+# `allon`: the same modules against the nginx backend's 200 B module pages.
+ALLON_MIX: tuple[tuple[str, int], ...] = tuple((f"/{p.split('/')[1]}/bench", w) for p, w in EHR_MIX)
+
+POST_SETUP = f"""wrk.method = "POST"
+wrk.body = string.rep("p", {POST_BYTES})
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
 
 
 @dataclass(frozen=True)
 class Scenario:
     key: str
     title: str
-    path: str
+    path: str  # the URL wrk is given; a `setup` with a `request` function may override it
     connections: int
+    profile: str = "plain"
+    setup: str = ""  # wrk Lua run before the done hook
+    keep_alive: bool = True
 
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("200B-c50", "keep-alive, 200 B body, 50 connections", "/200b", 50),
     Scenario("200B-c200", "keep-alive, 200 B body, 200 connections", "/200b", 200),
+    Scenario("200B-c500", "keep-alive, 200 B body, 500 connections", "/200b", 500),
     Scenario("16KiB-c50", "keep-alive, 16 KiB body, 50 connections", "/16k", 50),
     Scenario("1MiB-c50", "keep-alive, 1 MiB body, 50 connections", "/1m", 50),
+    Scenario(
+        "conn-close",
+        "new TCP connection per request (Connection: close), 50 clients",
+        "/200b",
+        50,
+        setup='wrk.headers["Connection"] = "close"\n',
+        keep_alive=False,
+    ),
+    Scenario(
+        "post-64KiB", "keep-alive POST, 64 KiB body, 50 connections", "/post", 50, setup=POST_SETUP
+    ),
+    Scenario(
+        "ehr-mix",
+        "EHR mix over three mock servers (`lbd mock`), 50 connections",
+        "/accueil/",
+        50,
+        profile="ehr",
+        setup=rotation(EHR_MIX),
+    ),
+    Scenario(
+        "all-on",
+        "URL checks + 5 modules + routing + access log to a file, 50 connections",
+        "/accueil/bench",
+        50,
+        profile="allon",
+        setup=rotation(ALLON_MIX),
+    ),
 )
 
 
@@ -49,6 +116,13 @@ class Run:
     status_errors: int
     cpu_seconds: float | None
     cpu_us_per_req: float | None
+
+
+def scripts(directory: Path, scenarios: Sequence[Scenario]) -> dict[str, Path]:
+    """One wrk Lua file per scenario, and the bare done hook under "done" (warm-ups)."""
+    out = {s.key: wrk.write_script(directory, f"wrk-{s.key}", s.setup) for s in scenarios}
+    out["done"] = wrk.write_script(directory)
+    return out
 
 
 def measure(
@@ -81,10 +155,11 @@ def measure(
     )
 
 
-def warm_up(endpoints: Sequence[Endpoint], script: Path, placement: Placement) -> None:
+def warm_up(endpoints: Sequence[Endpoint], scripts: dict[str, Path], placement: Placement) -> None:
     """One short run per endpoint so pools, caches and page faults are paid before measuring."""
     for endpoint in endpoints:
-        wrk.run(endpoint.url("/200b"), 50, 1, script, placement.load_cpu)
+        path = {"plain": "/200b", "allon": "/dmu/bench", "ehr": "/dmu/bench"}[endpoint.profile]
+        wrk.run(endpoint.url(path), 50, 1, scripts["done"], placement.load_cpu)
 
 
 def run_all(
@@ -92,7 +167,7 @@ def run_all(
     scenarios: Sequence[Scenario],
     reps: int,
     duration: float,
-    script: Path,
+    scripts: dict[str, Path],
     placement: Placement,
     progress: Callable[[Run], None],
 ) -> list[Run]:
@@ -100,6 +175,9 @@ def run_all(
     for rep in range(1, reps + 1):
         for scenario in scenarios:
             for endpoint in endpoints:
+                if endpoint.profile != scenario.profile:
+                    continue
+                script = scripts[scenario.key]
                 run = measure(endpoint, scenario, rep, duration, script, placement.load_cpu)
                 runs.append(run)
                 progress(run)

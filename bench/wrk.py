@@ -40,9 +40,10 @@ class WrkResult:
     status_errors: int  # responses with status >= 400
 
 
-def write_script(directory: Path) -> Path:
-    script = directory / "done.lua"
-    script.write_text(DONE_SCRIPT)
+def write_script(directory: Path, name: str = "done", setup: str = "") -> Path:
+    """A wrk Lua script: `setup` (method, body, headers, a `request` function) + the done hook."""
+    script = directory / f"{name}.lua"
+    script.write_text(setup + "\n" + DONE_SCRIPT)
     return script
 
 

@@ -24,6 +24,7 @@ from e2e_helpers import (
     wait_until,
 )
 from test_tls_kit import (
+    Silent,
     bound_socket,
     client_context,
     config,
@@ -139,6 +140,31 @@ async def test_per_source_connection_limit(harness: Harness) -> None:
     writer.close()
     labels = 'frontend="fe",reason="connections"'
     assert await metric(stats, "lbd_frontend_limited_requests_total", labels) == 1
+
+
+async def test_per_source_idle_connections_over_the_limit_are_closed(harness: Harness) -> None:
+    """An over-limit connection that sends nothing is closed after a short grace, silently,
+    long before timeouts.http_request: a source cannot hold more than its limit."""
+    backend = await harness.raw_backend(fixed(response(200, b"ok")))
+    port, stats = free_port(), free_port()
+    cfg = config(port, [backend.port], {"per_source": {"max_connections": 2}}, stats_glob(stats))
+    cfg["defaults"]["timeouts"]["http_request"] = "60s"
+    lbd = await start_lbd(harness, cfg, port)
+    baseline = _fd_count(lbd.pid)
+
+    held = [await Silent.open(port, "127.0.0.5") for _ in range(2)]
+    extra = [await Silent.open(port, "127.0.0.5") for _ in range(40)]
+    outcomes = await asyncio.gather(*(c.closed_by_server(20) for c in extra))
+    assert outcomes == [b""] * len(extra)  # all closed, not a byte sent, well before 60 s
+    assert _fd_count(lbd.pid) <= baseline + len(held)
+    current = await metric(stats, "lbd_frontend_current_connections", 'frontend="fe"')
+    assert current == len(held)
+    # The two within the limit are still open and served.
+    for conn in held:
+        conn.writer.write(b"GET / HTTP/1.1\r\nHost: ehr.test\r\n\r\n")
+        data = await asyncio.wait_for(conn.reader.readuntil(b"ok"), IO_TIMEOUT)
+        assert data.startswith(b"HTTP/1.1 200 ")
+        conn.close()
 
 
 async def test_frontend_maxconn_with_twice_as_many_clients(harness: Harness) -> None:

@@ -394,6 +394,46 @@ def test_config_sticky_errors_name_file_line_and_key() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("path", '"/;Domain=evil.example"', "';' is not allowed in a cookie attribute"),
+        ("path", '"/a,b"', "',' is not allowed in a cookie attribute"),
+        ("path", '"/a\\tb"', "expected a path starting with '/'"),  # whitespace, as before
+        ("path", '"/caf\\u00e9"', "'é' is not allowed in a cookie attribute"),
+        ("domain", '"ehr.example;Secure"', "';' is not allowed in a cookie attribute"),
+        ("domain", '"ehr.example,x"', "',' is not allowed in a cookie attribute"),
+        ("domain", '"ehr.example\\u0001"', "'\\x01' is not allowed in a cookie attribute"),
+    ],
+)
+def test_config_cookie_path_and_domain_cannot_smuggle_attributes(
+    key: str, value: str, message: str
+) -> None:
+    errors = _errors(f"""
+        sticky:
+          cookie: {{name: SERVERID, {key}: {value}}}
+        servers: [{{name: s1, address: 127.0.0.1:9001}}]
+        """)
+    assert len(errors) == 1
+    assert errors[0].startswith(f"x.yaml:6: backends.app.sticky.cookie.{key}: {message}")
+
+
+def test_config_cookie_path_and_domain_plain_values_still_load() -> None:
+    cfg = load_config_text(
+        textwrap.dedent("""
+        frontends: {fe: {bind: 127.0.0.1:8080, default_backend: app}}
+        backends:
+          app:
+            sticky: {cookie: {name: SERVERID, path: /ehr/app-1, domain: .ehr.example}}
+            servers: [{name: s1, address: 127.0.0.1:9001}]
+        """),
+        "x.yaml",
+    )
+    sticky = cfg.backend("app").sticky
+    assert sticky is not None and sticky.cookie is not None
+    assert (sticky.cookie.path, sticky.cookie.domain) == ("/ehr/app-1", ".ehr.example")
+
+
 # --- runtime and exporters ---------------------------------------------------------------------
 
 

@@ -16,8 +16,18 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_helpers import HOST, REPO, Harness, Message, free_port, response, serve
-from test_tls_kit import admin, client_context, config, make_cert, start_lbd, tls_get
+from e2e_helpers import HOST, IO_TIMEOUT, REPO, Harness, Message, free_port, response, serve
+from test_tls_kit import (
+    Silent,
+    admin,
+    client_context,
+    config,
+    make_cert,
+    metric,
+    start_lbd,
+    stats_glob,
+    tls_get,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -402,3 +412,78 @@ async def test_check_opens_certificate_files(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout
     assert "frontends.fe.tls.cert: cannot load certificate" in proc.stdout
     assert "configuration valid" not in proc.stdout
+
+
+# --- admission before the handshake ------------------------------------------------------------
+
+
+async def _metric_soon(stats: int, name: str, expected: float) -> float:
+    """The frontend metric once it reads `expected` (the last value read after 5 s)."""
+    value = -1.0
+    for _ in range(100):
+        value = await metric(stats, name, 'frontend="fe"')
+        if value == expected:
+            break
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_tls_deny_and_per_source_limit_act_before_the_handshake(
+    harness: Harness, tmp_path: Path
+) -> None:
+    cert, key = make_cert(tmp_path, "ehr", ("DNS:ehr.test",))
+    backend = await harness.raw_backend(serve(echo_proto))
+    port, stats = free_port(), free_port()
+    fe = {
+        "tls": {"cert": str(cert), "key": str(key)},
+        "deny": ["127.0.0.9/32"],
+        "per_source": {"max_connections": 2},
+    }
+    cfg = config(port, [backend.port], fe, stats_glob(stats))
+    cfg["defaults"]["timeouts"]["http_request"] = "60s"
+    await start_lbd(harness, cfg, port)
+
+    denied = await Silent.open(port, "127.0.0.9")
+    assert await denied.closed_by_server(IO_TIMEOUT) == b""  # closed at accept, no handshake
+    assert await metric(stats, "lbd_frontend_denied_connections_total", 'frontend="fe"') == 1
+
+    held = [await Silent.open(port, "127.0.0.8") for _ in range(2)]
+    extra = [await Silent.open(port, "127.0.0.8") for _ in range(20)]
+    # Over the source's limit: closed after the short grace, never waiting for a ClientHello
+    # until http_request (60 s) or the TLS library's own handshake timeout.
+    outcomes = await asyncio.gather(*(c.closed_by_server(20) for c in extra))
+    assert outcomes == [b""] * len(extra)
+    # The two held ones count as connections although no handshake has started.
+    assert await _metric_soon(stats, "lbd_frontend_current_connections", 2) == 2
+    data, _ = await tls_get(port, client_context(cert), "ehr.test", source="127.0.0.10")
+    assert data.startswith(b"HTTP/1.1 200 "), data  # other sources are served meanwhile
+    assert await asyncio.gather(*(c.closed_by_server(0.2) for c in held)) == [None, None]
+    for conn in held:
+        conn.close()
+
+
+async def test_tls_silent_clients_count_for_maxconn_and_time_out(
+    harness: Harness, tmp_path: Path
+) -> None:
+    cert, key = make_cert(tmp_path, "ehr", ("DNS:ehr.test",))
+    backend = await harness.raw_backend(serve(echo_proto))
+    port, stats = free_port(), free_port()
+    fe = {"tls": {"cert": str(cert), "key": str(key)}, "maxconn": 2}
+    cfg = config(port, [backend.port], fe, stats_glob(stats))
+    cfg["defaults"]["timeouts"]["http_request"] = "1s"
+    await start_lbd(harness, cfg, port)
+
+    # Clients that connect and leave at once (TCP probes) are not left counted.
+    for _ in range(20):
+        probe = await Silent.open(port)
+        probe.close()
+    assert await _metric_soon(stats, "lbd_frontend_current_connections", 0) == 0
+    silent = [await Silent.open(port) for _ in range(2)]
+    # Counted at accept, before any ClientHello: the frontend is full and pauses accepting.
+    assert await _metric_soon(stats, "lbd_frontend_current_connections", 2) == 2
+    assert await metric(stats, "lbd_frontend_maxconn_pauses_total", 'frontend="fe"') >= 1
+    # timeouts.http_request bounds the handshake (not the TLS library's 60 s default).
+    outcomes = await asyncio.gather(*(c.closed_by_server(15) for c in silent))
+    assert outcomes == [b"", b""]
+    data, _ = await tls_get(port, client_context(cert), "ehr.test")
+    assert data.startswith(b"HTTP/1.1 200 "), data

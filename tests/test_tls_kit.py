@@ -164,6 +164,34 @@ async def raw_request(
         writer.close()
 
 
+class Silent:
+    """A TCP connection from `source` that sends nothing (not even a ClientHello)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, source: str = HOST) -> Silent:
+        sock = bound_socket(source)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (HOST, port)), 5)
+        return cls(*await asyncio.open_connection(sock=sock))
+
+    async def closed_by_server(self, timeout: float) -> bytes | None:
+        """What the server sent before closing (b"" for nothing), None if still open after
+        `timeout` seconds."""
+        try:
+            return await asyncio.wait_for(self.reader.read(-1), timeout)
+        except ConnectionResetError:
+            return b""
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def admin(path: Path, command: str) -> str:
     """One admin-socket command; the answer without its closing empty line."""
     await wait_until(path.exists, what=f"{path} to exist")  # opened after the listeners

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 import yaml
 from e2e_helpers import CRASH_MARKERS, REPO, TEST_TIMEOUTS, free_port
+from test_tls_kit import make_cert
 
 from lbd.mock.app import RunningMock, start_mock
 
@@ -225,12 +226,12 @@ async def test_stats_totals_are_the_sum_over_workers(cluster: Cluster) -> None:
     csv = await cluster.get_stats("/stats.csv")
     assert any(line.startswith("fe,FRONTEND,") for line in csv.splitlines())
 
-    # Both workers served: SIGKILL loses the counters of one, and what remains is neither
-    # everything nor nothing.
+    # A worker's SIGKILL loses none of the counters already read (Prometheus must never see a
+    # _total go down): the totals stay, and new traffic adds to them.
     os.kill(cluster.worker_pids(info)[0], signal.SIGKILL)
     await cluster.wait_ready(restarts=1)
     rows = {r.split(",")[1]: r.split(",") for r in (await cluster.ctl("show stat")).splitlines()}
-    assert 0 < int(rows["FRONTEND"][4]) < n, rows["FRONTEND"]
+    assert rows["FRONTEND"][4] == str(n) and rows["BACKEND"][4] == str(n), rows
 
 
 async def test_killed_worker_is_restarted_and_traffic_continues(cluster: Cluster) -> None:
@@ -531,5 +532,132 @@ async def test_passive_observation_in_workers_feeds_the_masters_one_health_state
         assert err.count("Server app/s1 is DOWN, reason: Health analyze") == 1, err
         health = await cluster.ctl("show health")
         assert re.search(r"^app/s1 DOWN HANA - - 1 1 ", health, re.M), health
+    finally:
+        assert await cluster.stop() == 0, cluster.stderr()
+
+
+def _requests_total(metrics: str) -> float:
+    match = re.search(r'^lbd_frontend_http_requests_total\{frontend="fe"\} (\S+)$', metrics, re.M)
+    assert match, metrics
+    return float(match.group(1))
+
+
+def _still_open(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) != b""
+    except (BlockingIOError, TimeoutError):  # nothing to read: still open
+        return True
+    except ConnectionError:
+        return False
+
+
+async def test_totals_never_go_down_when_a_worker_misses_a_reading_or_dies(
+    cluster: Cluster,
+) -> None:
+    # Idle connections must outlive the test's pauses (a stopped worker, a restart).
+    cluster.config["defaults"]["timeouts"].update(http_request="60s", client="60s")
+    await cluster.start()
+    info = await cluster.wait_ready()
+    url = f"http://127.0.0.1:{cluster.port}/accueil/x"
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def burst(count: int) -> None:
+            for _ in range(count):
+                async with session.get(url) as r:
+                    assert r.status == 200
+
+        await burst(40)
+        held = [socket.create_connection(("127.0.0.1", cluster.port), 5) for _ in range(6)]
+        try:
+            for _ in range(100):  # every held connection accepted by some worker
+                rows = {r.split(",")[1]: r for r in (await cluster.ctl("show stat")).splitlines()}
+                if rows["FRONTEND"].split(",")[2] == "6":
+                    break
+                await asyncio.sleep(0.1)
+            assert _requests_total(await cluster.get_stats("/metrics")) == 40.0
+
+            # A worker that misses a reading counts with its previous counters.
+            victim = cluster.worker_pids(info)[0]
+            os.kill(victim, signal.SIGSTOP)
+            try:
+                assert _requests_total(await cluster.get_stats("/metrics")) == 40.0
+                assert "Stale_in_totals: #1" in await cluster.ctl("show info")
+            finally:
+                os.kill(victim, signal.SIGKILL)
+
+            # A worker that died: its counters stay in the totals, its connections do not.
+            await cluster.wait_ready(restarts=1)
+            assert _requests_total(await cluster.get_stats("/metrics")) == 40.0
+            alive = sum(_still_open(s) for s in held)
+            rows = {r.split(",")[1]: r for r in (await cluster.ctl("show stat")).splitlines()}
+            assert rows["FRONTEND"].split(",")[2] == str(alive), (alive, rows["FRONTEND"])
+            await burst(10)
+            assert _requests_total(await cluster.get_stats("/metrics")) == 50.0
+        finally:
+            for sock in held:
+                sock.close()
+    assert await cluster.ctl("clear counters") == "counters cleared"
+    assert _requests_total(await cluster.get_stats("/metrics")) == 0.0
+
+
+async def test_reload_adding_tls_to_a_bound_address_is_rejected_and_stays_rejected(
+    cluster: Cluster,
+) -> None:
+    """Every worker would refuse it: the master refuses it first, exits 1 from `lbd reload`,
+    and a worker restarted afterwards runs the old (plain HTTP) configuration too."""
+    await cluster.start()
+    info = await cluster.wait_ready()
+    cert, key = make_cert(cluster.tmp, "ehr", ("IP:127.0.0.1",))
+    cluster.config["frontends"]["fe"]["tls"] = {"cert": str(cert), "key": str(key)}
+    cluster.write()
+    reload = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lbd", "reload", "-c", str(cluster.path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert reload.returncode == 1, (reload.stdout, reload.stderr)
+    assert f"frontends.fe.tls: 127.0.0.1:{cluster.port} serves plain HTTP now" in (
+        reload.stdout + reload.stderr
+    )
+    assert parse_info(await cluster.ctl("show info"))["Generation"] == "1"
+
+    os.kill(cluster.worker_pids(info)[0], signal.SIGKILL)
+    await cluster.wait_ready(restarts=1)
+    url = f"http://127.0.0.1:{cluster.port}/accueil/x"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        for _ in range(20):  # new connections: both workers, the restarted one included
+            async with s.get(url) as r:
+                assert r.status == 200
+    assert "reload rejected: frontends.fe.tls" in cluster.stderr()
+
+
+async def test_show_table_through_the_master_shows_each_workers_table(
+    tmp_path: Path, mocks: list[RunningMock]
+) -> None:
+    sticky = {"table": {"on": "cookie", "learn_cookie": "JSESSIONID"}}
+    cluster = Cluster(tmp_path, [m.port for m in mocks], sticky=sticky)
+    await cluster.start()
+    try:
+        info = await cluster.wait_ready()
+        url = f"http://127.0.0.1:{cluster.port}/login"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(8):
+                async with s.get(url) as r:
+                    assert r.status == 200
+        answer = await cluster.ctl("show table")
+        pids = cluster.worker_pids(info)
+        assert f"# worker #1 (pid {pids[0]})" in answer
+        assert f"# worker #2 (pid {pids[1]})" in answer
+        used = [
+            int(n) for n in re.findall(r"^# table: app, on: cookie, .*used: (\d+),", answer, re.M)
+        ]
+        assert len(used) == 2 and sum(used) == 8, answer  # learned where each login was served
+        detail = await cluster.ctl("show table app")
+        assert detail.count("# key server idle_s") == 2, detail
+        assert await cluster.ctl("show table nope") == "error: no stick table in backend 'nope'"
     finally:
         assert await cluster.stop() == 0, cluster.stderr()

@@ -11,7 +11,7 @@ import json
 from lbd.config.load import load_config_text
 from lbd.inspect.store import REJECTED, CaptureStore, Sample
 from lbd.runtime import Runtime, build_runtime
-from lbd.stats.aggregate import add_counters, dump_counters, dump_runtime, merge_into
+from lbd.stats.aggregate import add_counters, dump_counters, dump_runtime, merge_into, retire
 from lbd.stats.counters import LATENCY_BUCKETS, ServerCounters
 
 CONFIG = """
@@ -113,3 +113,30 @@ def test_empty_store_merges_to_empty() -> None:
     merge_into(master, [_through_json(dump_runtime(_runtime()))])
     assert master.frontends["fe"].captures.total == 0
     assert isinstance(master.frontends["fe"].captures, CaptureStore)
+
+
+def test_retired_workers_keep_their_counters_but_not_their_gauges() -> None:
+    """Totals over a live worker plus two that exited: counters summed, high-water marks kept,
+    gauges and in-flight requests of the dead ones left out, the dumps themselves unchanged."""
+    first = _through_json(dump_runtime(_worker(3, 2, 0.002, 100.0)))
+    second = _through_json(dump_runtime(_worker(4, 5, 0.2, 200.0)))
+    kept = json.dumps(first)
+    retired = retire(None, first)
+    retired = retire(retired, second)
+    assert json.dumps(first) == kept
+    live = _worker(10, 1, 0.002, 300.0)
+    master = _runtime()
+    merge_into(master, [_through_json(dump_runtime(live)), retired])
+    fe = master.frontends["fe"]
+    assert fe.counters.requests == 17 and fe.counters.responses[2] == 17
+    assert fe.counters.conn_cur == 1  # only the live worker's open connection
+    assert fe.counters.malformed == {"bad_uri": 3}
+    assert fe.module_counters["dmu"].requests == 17
+    assert fe.module_counters["dmu"].response_time.count == 3
+    assert fe.module_servers[("dmu", "app", "s1")].requests == 17
+    s1 = master.servers[("app", "s1")]
+    assert s1.counters.requests == 17 and s1.inflight == 1
+    assert s1.counters.max_requests == 5 and s1.counters.queue_max == 5
+    assert master.backends["app"].counters.requests == 17
+    entry = fe.captures.get("bad_uri")
+    assert entry is not None and entry.count == 1  # samples of dead workers are not kept

@@ -1510,8 +1510,8 @@ def _cookie_sticky(reader: _Reader, item: _Item | None) -> CookieSticky | None:
         httponly=f.get("httponly", _boolean, _COOKIE.httponly),
         secure=f.get("secure", _boolean, _COOKIE.secure),
         samesite=f.get("samesite", _one_of(_SAMESITE), None),
-        domain=f.get("domain", _host, None),
-        path=f.get("path", _url_path, None),
+        domain=f.get("domain", _cookie_attr(_host), None),
+        path=f.get("path", _cookie_attr(_url_path), None),
         maxidle=f.get("maxidle", _duration(), None),
         maxlife=f.get("maxlife", _duration(), None),
     )
@@ -1532,6 +1532,20 @@ def _cookie_sticky(reader: _Reader, item: _Item | None) -> CookieSticky | None:
             message = "only with mode: insert or indirect: true (nothing to preserve)"
             reader.error(preserve.line, preserve.path, message)
     return cookie
+
+
+def _cookie_attr(convert: Callable[[_Item], str]) -> Callable[[_Item], str]:
+    """A Set-Cookie attribute value: `;` would add attributes of its own, `,` splits the header
+    for old parsers; spaces, controls and non-ASCII are outside RFC 6265 §4.1.1 av-octet."""
+
+    def checked(item: _Item) -> str:
+        text = convert(item)
+        bad = next((c for c in text if c in ";," or not "!" <= c <= "~"), None)
+        if bad is not None:
+            raise ValueError(f"{bad!r} is not allowed in a cookie attribute, got {text!r}")
+        return text
+
+    return checked
 
 
 # Keys of `sticky.cookie` that only an inserted cookie can carry.

@@ -10,6 +10,12 @@ each listener serves a `dup()` of the listening socket: pausing closes the serve
 the original socket stays bound and listening (the backlog keeps filling), and resuming starts
 a new server on a new dup. A few connections may already be accepted when the pause lands (an
 accept batch); the client closes those beyond the limit at once (`over`), a clean refusal.
+
+TLS: the server accepts plain TCP even for a TLS listener; `ssl_context` is only carried here
+for the connection, which runs its admission checks (allow/deny, maxconn, per-source
+connections) at accept and only then starts the handshake (lbd.proxy.client), as HAProxy's
+`tcp-request connection` rules run before it. Serving with `ssl=` would delay connection_made,
+and with it every check, until the handshake finished.
 """
 
 from __future__ import annotations
@@ -72,9 +78,8 @@ class PausableServer(asyncio.AbstractServer):
         try:
             dup = self._sock.dup()
             try:
-                server = await self._loop.create_server(
-                    self._factory, sock=dup, ssl=self.ssl_context, backlog=BACKLOG
-                )
+                # no ssl=: the connection starts TLS itself, once admitted (see above)
+                server = await self._loop.create_server(self._factory, sock=dup, backlog=BACKLOG)
             except BaseException:
                 dup.close()
                 raise

@@ -5,8 +5,9 @@ client address, in a bounded table (HAProxy: a stick table on `src` with `http_r
 Rules:
 - A request takes one token; tokens refill at `requests_per_second` up to `burst`. Without a
   token the request gets 429 with `Retry-After` (seconds until the next token, at least 1).
-- A connection beyond `max_connections` open ones from its address is marked at accept and its
-  first request gets 429 (`Retry-After: 1`); it then closes. The connection never counts.
+- A connection beyond `max_connections` open ones from its address is marked at accept; a
+  request sent within 1 s (lbd.proxy.client.REFUSE_GRACE) gets 429 (`Retry-After: 1`), then it
+  closes; silent that long, it is closed without a reply. The connection never counts.
 - The table holds at most `table_size` addresses, least recently seen evicted first. A
   connection keeps its own entry, so an entry evicted while connections are open only makes
   that address's count start again from zero: the table stays bounded under an address sweep,

@@ -134,6 +134,10 @@ class Child:
             async with worker._reload_lock:
                 ok, report = await worker.apply_config(unpack_config(message["config"]))
             self._close_duplicates()
+            if not ok:  # sockets of the refused configuration: listening, never served
+                wanted = {addr for fe in worker.config.frontends for addr in fe.bind}
+                for addr in [a for a in self.pool if a not in wanted]:
+                    self.pool.pop(addr).close()
             return {"ok": ok, "report": report, "generation": worker.runtime.generation}
         if kind == "reopen":
             if worker.access_log is not None:

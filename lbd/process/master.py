@@ -10,16 +10,22 @@ Rules (after gunicorn's arbiter):
   to 10 s, back to 0.1 s once a worker has lived 30 s). A worker that exits, or is not ready
   within BOOT_TIMEOUT, before it ever reported ready is a boot failure; MAX_BOOT_FAILURES in a
   row (no worker became ready in between) stop everything with exit code 3.
-- Reload: validate the file (invalid: nothing changes, errors returned), bind the new
-  listeners, swap the master's runtime (its health manager runs the checks), then send the new
-  configuration to every worker, which swaps its runtime beside the old one exactly as a single
-  process does. Workers are never replaced on reload: no connection is refused.
+- Reload: validate the file (invalid: nothing changes, errors returned) and reject here what a
+  worker would (TLS added to or removed from a bound address), bind the new listeners, swap the
+  master's runtime (its health manager runs the checks), then send the new configuration to
+  every worker, which swaps its runtime beside the old one exactly as a single process does.
+  Workers are never replaced on reload: no connection is refused. If every worker refuses it,
+  the master goes back to the old configuration (a restarted worker's `hello` must never hand
+  out a configuration the running ones refused) and the reload is reported rejected.
+- Listening sockets go to workers over a non-blocking socketpair: a worker that does not drain
+  it is stuck, skipped and killed (it is restarted and gets every socket in `hello`).
 - One health truth: active checks run here only; workers forward passive triggers and apply the
   verdicts broadcast from here (lbd/health/manager.py, follower mode).
 - Statistics: the master's runtime serves no traffic, so its counter objects hold the totals:
   each scrape or `show` asks every ready worker for a dump (DUMP_TIMEOUT each; a worker that
-  does not answer is missing from the totals and logged) and merges them
-  (lbd/stats/aggregate.py); the usual renderers then show the sums.
+  does not answer counts with its last dump, and is logged) and merges them with the counters
+  of workers that exited (lbd/stats/aggregate.py `retire`): totals never go down while lbd
+  runs, except on `clear counters`. The usual renderers then show the sums.
 - The admin socket, the stats listener and sd_notify are the master's. READY=1 once every worker
   is ready; WATCHDOG=1 only when every running worker answered a ping.
 """
@@ -47,7 +53,9 @@ from lbd.process.systemd import Notifier
 from lbd.process.worker import StartError, bind_socket
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
 from lbd.state import ServerState
-from lbd.stats.aggregate import merge_into
+from lbd.stats.aggregate import Dump, merge_into, retire
+from lbd.tls.context import LoadedTls
+from lbd.tls.listen import config_tls_changes
 
 log = logging.getLogger("lbd.events")
 
@@ -65,6 +73,8 @@ STOP_MARGIN = 5.0  # beyond timeouts.shutdown before a stuck worker is killed
 # state in the data path: applied here (the master's view) and then in every worker.
 AGGREGATED = frozenset({"show info", "show stat", "show servers", "show modules", "show errors"})
 FAN_OUT = frozenset({"set server", "clear counters"})
+# Per-process state with no meaningful total (stick tables): each worker's answer, labelled.
+PER_WORKER = frozenset({"show table"})
 
 
 def worker_count(setting: int | str) -> int:
@@ -87,6 +97,7 @@ class Slot:
     backoff: float = BACKOFF_FIRST
     restarts: int = 0
     pid: int = 0
+    last_dump: Dump | None = None  # its counters at the last reading it answered
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
@@ -110,7 +121,8 @@ class Master:
         self.announced = False  # READY=1 sent
         self.stopping = False
         self.exit_code = 0
-        self.missing: list[int] = []  # workers absent from the last aggregated view
+        self.stale: list[int] = []  # workers counted with their previous dump at the last reading
+        self.retired: Dump | None = None  # counters of the workers that exited, summed
         self._reload_lock = asyncio.Lock()
         self._admin: Any = None
         self._stats: Any = None
@@ -200,6 +212,7 @@ class Master:
     async def _spawn(self, slot: Slot) -> None:
         control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listeners, child_listeners = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listeners.setblocking(False)  # a worker that never drains it must not block this loop
         argv = [
             sys.executable,
             "-m",
@@ -257,7 +270,10 @@ class Master:
         if kind == "hello":
             # Sockets and configuration read in one step: a reload cannot come in between.
             assert slot.listeners is not None
-            send_listeners(slot.listeners, self.sockets)
+            wanted = {addr for fe in self.config.frontends for addr in fe.bind}
+            # Only the sockets of this configuration: one dropped by a reload still in progress
+            # would stay listening in the worker, never served.
+            send_listeners(slot.listeners, {a: s for a, s in self.sockets.items() if a in wanted})
             return {"config": pack_config(self.config), "servers": self._server_rows()}
         if kind == "ready":
             self.events.put_nowait(("ready", slot))
@@ -281,6 +297,9 @@ class Master:
         was_ready = slot.ready
         slot.ready = False
         slot.proc = None
+        if slot.last_dump is not None:
+            self.retired = retire(self.retired, slot.last_dump)  # its totals outlive it
+            slot.last_dump = None
         if slot.channel is not None:
             self._spawn_task(slot.channel.close())
             slot.channel = None
@@ -441,6 +460,11 @@ class Master:
             for err in errors.errors:
                 log.error("reload rejected: %s", err)
             return False, "\n".join(str(e) for e in errors.errors)
+        flips = config_tls_changes(self.config, new_cfg, self.sockets)
+        if flips:  # every worker would refuse it (lbd/tls/listen.py): refuse it here first
+            for problem in flips:
+                log.error("reload rejected: %s", problem)
+            return False, "\n".join(flips)
         # From here to the fan-out, no await: a worker's `hello` sees old or new, never a mix.
         before = set(self.sockets)
         try:
@@ -449,18 +473,18 @@ class Master:
             log.error("reload rejected: %s", exc)
             return False, str(exc)
         fresh = {a: s for a, s in self.sockets.items() if a not in before}
-        old = self.runtime
+        old, old_cfg = self.runtime, self.config
+        old_tls = LoadedTls(
+            {name: fe.tls for name, fe in old.frontends.items() if fe.tls is not None},
+            {key: st.pool.ssl for key, st in old.servers.items() if st.pool.ssl is not None},
+        )
         new = build_runtime(new_cfg, old, loop, tls)
         assert self.holder is not None
         self.holder.runtime = new
         self.health.reload(old, new)
-        old_cfg, self.config = self.config, new_cfg
-        removed = self._close_removed(new_cfg)
+        self.config = new_cfg
         packed = pack_config(new_cfg)
-        targets = [s for s in self.slots if s.channel is not None and s.listeners is not None]
-        for slot in targets:
-            assert slot.listeners is not None
-            send_listeners(slot.listeners, fresh)
+        targets = [s for s in self.slots if self._pass_listeners(s, fresh)]
         answers = await asyncio.gather(
             *(self._ask(s, "reload", COMMAND_TIMEOUT, config=packed) for s in targets)
         )
@@ -472,6 +496,19 @@ class Master:
                 problems.append(f"worker #{slot.index}: {answer.get('report')}")
         for problem in problems:
             log.error("reload: %s", problem)
+        if targets and all(a is not None and not a.get("ok") for a in answers):
+            # Every worker kept the old configuration: so does the master.
+            back = build_runtime(old_cfg, old, loop, old_tls)  # old's server states back
+            back.generation = old.generation
+            self.holder.runtime = back
+            self.health.reload(new, back)
+            self.config = old_cfg
+            for addr in fresh:
+                self.sockets.pop(addr).close()
+            self._broadcast_rows(self._server_rows())
+            log.error("reload rejected by every worker: the old configuration keeps running")
+            return False, "\n".join(problems)
+        removed = self._close_removed(new_cfg)
         # Verdicts broadcast while a worker was between two configurations may have missed it.
         self._broadcast_rows(self._server_rows())
         log.info(
@@ -482,29 +519,51 @@ class Master:
         changes = [*added, *removed, *describe_changes(old_cfg, new_cfg), *problems]
         return True, "\n".join(changes) if changes else "no change"
 
+    def _pass_listeners(self, slot: Slot, fresh: dict[Address, socket.socket]) -> bool:
+        """Send a running worker the new listening sockets; False when it cannot take part in
+        the reload (gone, or stuck: then killed, and its restart gets every socket in `hello`)."""
+        channel, listeners, proc = slot.channel, slot.listeners, slot.proc
+        if channel is None or channel.closed or listeners is None:
+            return False
+        try:
+            send_listeners(listeners, fresh)
+        except BlockingIOError:
+            log.error("Worker #%d (pid %d) does not take its sockets: killed", slot.index, slot.pid)
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            return False
+        except OSError as exc:  # it died and is not reaped yet: its restart gets them all
+            log.warning("Worker #%d (pid %d) left out of the reload: %s", slot.index, slot.pid, exc)
+            return False
+        return True
+
     # --- admin and statistics ---------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Make the master's counters the totals over every ready worker."""
+        """Make the master's counters the totals over every worker, alive or exited."""
         live = [s for s in self.slots if s.serving]
         answers = await asyncio.gather(*(self._ask(s, "dump", DUMP_TIMEOUT) for s in live))
-        dumps = []
-        self.missing = [s.index for s in self.slots if not s.serving]
+        self.stale = []
         for slot, answer in zip(live, answers, strict=True):
             if answer is None or "dump" not in answer:
-                self.missing.append(slot.index)
+                if slot.last_dump is not None:
+                    self.stale.append(slot.index)
             else:
-                dumps.append(answer["dump"])
-        if self.missing:
+                slot.last_dump = answer["dump"]
+        if self.stale:
             log.warning(
-                "statistics: worker(s) %s did not answer; their counters are missing",
-                ", ".join(f"#{i}" for i in sorted(self.missing)),
+                "statistics: worker(s) %s did not answer; their previous counters are used",
+                ", ".join(f"#{i}" for i in self.stale),
             )
-        merge_into(self.runtime, dumps)
+        dumps = [s.last_dump for s in self.slots if s.last_dump is not None]
+        merge_into(self.runtime, [*dumps, self.retired] if self.retired is not None else dumps)
 
     async def admin_command(self, words: list[str]) -> str:
         """An admin-socket command: aggregated, applied here and fanned out, or the master's."""
         name = " ".join(words[:2])
+        if name in PER_WORKER:
+            return await self._per_worker(words)
         if name in AGGREGATED:
             await self.refresh()
         answer = await dispatch(self, words)
@@ -520,6 +579,21 @@ class Master:
             answer += "\n" + self._workers_info()
         return answer
 
+    async def _per_worker(self, words: list[str]) -> str:
+        """Each ready worker's own answer under a `# worker #N` line; an error (the same in
+        every worker: they run one configuration) as the usual single `error:` line."""
+        live = [s for s in self.slots if s.serving]
+        replies = await asyncio.gather(
+            *(self._ask(s, "admin", COMMAND_TIMEOUT, words=words) for s in live)
+        )
+        sections = []
+        for slot, reply in zip(live, replies, strict=True):
+            text = str(reply.get("answer", "")) if reply is not None else "error: no answer"
+            if text.startswith("error:") and reply is not None:
+                return text
+            sections.append(f"# worker #{slot.index} (pid {slot.pid})\n{text}")
+        return "\n".join(sections) if sections else "error: no worker is ready"
+
     def _workers_info(self) -> str:
         now = time.monotonic()
         lines = [f"Workers: {self.count}", f"Workers_ready: {sum(s.serving for s in self.slots)}"]
@@ -529,13 +603,16 @@ class Master:
             lines.append(
                 f"Worker_{s.index}: pid {s.pid} {state} uptime {up}s restarts {s.restarts}"
             )
-        if self.missing:
-            lines.append("Missing_from_totals: " + ",".join(f"#{i}" for i in self.missing))
+        if self.stale:
+            lines.append("Stale_in_totals: " + ",".join(f"#{i}" for i in self.stale))
         return "\n".join(lines)
 
     def clear_counters(self) -> None:
         """The workers own the counters (the fan-out clears them); the master's are totals,
-        rebuilt at the next reading."""
+        rebuilt at the next reading: what it kept of earlier readings and exited workers goes."""
+        self.retired = None
+        for slot in self.slots:
+            slot.last_dump = None
         merge_into(self.runtime, [])
 
     def status_line(self) -> str:

@@ -63,6 +63,7 @@ from lbd.limits.gate import PausableServer
 from lbd.limits.rate import Limited, Source
 from lbd.proxy.exchange import Exchange
 from lbd.proxy.timer import Deadline
+from lbd.tls.upgrade import start_server_tls
 
 if TYPE_CHECKING:
     from lbd.runtime import FrontendRuntime, Runtime, RuntimeHolder
@@ -89,6 +90,11 @@ BODY_RATE_WINDOW = 10.0
 # then cost ~25 MB less, while back-to-back requests never pay for a new parser.
 IDLE_TRIM_AFTER = 1.0
 
+# A connection over its source's max_connections has this long (at most timeouts.http_request)
+# to send the request that gets its 429; silent, it is closed: a source cannot hold more
+# connections than its limit plus what it opens in this grace.
+REFUSE_GRACE = 1.0
+
 # Connection phases, for choosing the timeout that applies.
 IDLE = 0  # between requests: timeouts.keep_alive, closed silently
 HEADERS = 1  # reading a request head: timeouts.http_request → 408
@@ -108,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
         "_headers",
         "_holder",
         "_in_message",
+        "_lost",
         "_message_at_start",
         "_parser",
         "_parsing",
@@ -155,6 +162,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_port = 0
         self._peer_ip_obj: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self._closing = False
+        self._lost = False  # connection_lost ran (a failed handshake may report it twice)
         self._pause = 0
         self._writing_paused = False
         self._phase = HEADERS
@@ -198,7 +206,6 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        transport.set_write_buffer_limits(high=256 * 1024)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = peer[0].encode()
@@ -209,7 +216,29 @@ class ClientConnection(asyncio.Protocol):
         fc.conn_cur += 1
         if not self._admit(fe, transport):
             return
-        self.deadline.set(fe.timeouts.http_request)
+        # timeouts.http_request runs from the accept: it covers a TLS handshake too
+        timeout = fe.timeouts.http_request
+        self.deadline.set(min(REFUSE_GRACE, timeout) if self._refuse else timeout)
+        switch = self.accept_switch
+        tls = switch.ssl_context if switch is not None else None
+        if tls is None:
+            transport.set_write_buffer_limits(high=256 * 1024)
+            return
+        # Admitted: only now the handshake (the listener accepted plain TCP, lbd.limits.gate).
+        start_server_tls(self.loop, transport, self, tls, timeout, self._tls_ready)
+
+    def _tls_ready(self, transport: asyncio.Transport | None, exc: BaseException | None) -> None:
+        """The handshake ended. A deadline firing meanwhile closed the plain transport, which
+        failed it; start_tls reports a failure to the protocol in some cases only, and a client
+        that closed before the handshake began comes back as a success on a closed transport
+        (uvloop 0.23), with no connection_lost to follow."""
+        if transport is None or self._closing or transport.is_closing():
+            if transport is not None:
+                transport.close()
+            self.connection_lost(exc if isinstance(exc, Exception) else None)
+            return
+        self.transport = transport
+        transport.set_write_buffer_limits(high=256 * 1024)
 
     def _admit(self, fe: FrontendRuntime, transport: asyncio.Transport) -> bool:
         """Accept-time checks: source access list, frontend maxconn, per-source connections.
@@ -231,7 +260,7 @@ class ClientConnection(asyncio.Protocol):
         if limiter is not None:
             self._source = limiter.connect(self.peer_ip, self.loop.time())
             if self._source is None:
-                self._refuse = "connections"  # answered 429 at its first request
+                self._refuse = "connections"  # 429 to a request sent within REFUSE_GRACE
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -332,6 +361,9 @@ class ClientConnection(asyncio.Protocol):
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
         self._closing = True
         self.deadline.cancel()
         if self._rate_handle is not None:
@@ -778,7 +810,11 @@ class ClientConnection(asyncio.Protocol):
             keep_alive = self._fe.timeouts.keep_alive
             if self._parser is not None and keep_alive > IDLE_TRIM_AFTER:
                 # First stage of the keep-alive wait (see IDLE_TRIM_AFTER); the rest follows.
+                # The last request's bytes, target and headers go too (a browser's are ~1 KB).
                 self._parser = None
+                self._data = self._url_chunk = self._url = b""
+                self._headers = []
+                self._head = None
                 self.deadline.set(keep_alive - IDLE_TRIM_AFTER)
             else:
                 self._close()

@@ -15,6 +15,11 @@ Rules:
 - The malformed-request captures are merged per (reason, module): counts summed, first/last
   seen widened, and the newest samples of all workers kept (newest first, as one process).
 - Dumps are plain JSON data (they cross the control channel).
+- Totals never go down while lbd runs (Prometheus reads a drop as a counter reset): the master
+  keeps each worker's last dump, used when that worker misses a reading, and folds the last
+  dump of a worker that exits into one `retired` dump merged with every reading (`retire`).
+  Gauges (GAUGE_FIELDS, a server's in-flight requests) describe what runs now: a dead worker's
+  are left out; so are its captures (samples, not counters). `clear counters` drops it all.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from lbd.stats.counters import Histogram, TrafficCounters
 # High-water marks: the merged value is the largest of the workers' (a sum would be a peak that
 # never happened).
 MAX_FIELDS = frozenset({"max_requests", "queue_max"})
+
+# Gauges: what runs right now. Summed over live workers, never carried over from a dead one.
+GAUGE_FIELDS = frozenset({"conn_cur", "cur_requests", "queue_cur"})
 
 Dump = dict[str, Any]
 
@@ -182,6 +190,67 @@ def _add_dump(rt: Runtime, dump: Dump, captures: dict[str, list[list[EntryJSON]]
         if state is not None:
             add_counters(state.counters, sd)
             state.inflight += inflight
+
+
+# --- workers that are gone ------------------------------------------------------------------------
+
+
+def retire(retired: Dump | None, dump: Dump) -> Dump:
+    """`retired` (None: nothing yet) plus the counters of a worker that exited, added in place
+    (`dump` itself is not changed). Gauges, in-flight requests and captures are left out."""
+    out: Dump = retired if retired is not None else {"frontends": {}, "backends": {}, "servers": []}
+    for name, fd in dump["frontends"].items():
+        mine = out["frontends"].setdefault(
+            name,
+            {"counters": {}, "modules": {}, "module_servers": [], "captures": [], "overflow": 0},
+        )
+        _fold(mine["counters"], fd["counters"])
+        for module, md in fd["modules"].items():
+            _fold(mine["modules"].setdefault(module, {}), md)
+        pairs = {tuple(row[:3]): row[3] for row in mine["module_servers"]}
+        for module, backend, server, pd in fd["module_servers"]:
+            key = (module, backend, server)
+            if key not in pairs:
+                pairs[key] = {}
+                mine["module_servers"].append([module, backend, server, pairs[key]])
+            _fold(pairs[key], pd)
+    for name, bd in dump["backends"].items():
+        _fold(out["backends"].setdefault(name, {}), bd)
+    rows = {(row[0], row[1]): row[2] for row in out["servers"]}
+    for backend, server, sd, _inflight in dump["servers"]:
+        if (backend, server) not in rows:
+            rows[(backend, server)] = {}
+            out["servers"].append([backend, server, rows[(backend, server)], 0])
+        _fold(rows[(backend, server)], sd)
+    return out
+
+
+def _fold(mine: Dump, theirs: Dump) -> None:
+    """One counter object's dump added into another, by value type as `add_counters` does."""
+    for name, value in theirs.items():
+        if name in GAUGE_FIELDS:
+            continue
+        have = mine.get(name)
+        if isinstance(value, dict) and isinstance(value.get("counts"), list):  # a Histogram
+            if have is None:
+                have = mine[name] = {"counts": [0] * len(value["counts"]), "sum": 0.0, "count": 0}
+            _add_list(have["counts"], value["counts"])
+            have["sum"] += value["sum"]
+            have["count"] += value["count"]
+        elif isinstance(value, int | float):
+            if have is None:
+                mine[name] = value
+            else:
+                mine[name] = max(have, value) if name in MAX_FIELDS else have + value
+        elif isinstance(value, list):
+            if have is None:
+                have = mine[name] = [0] * len(value)
+            _add_list(have, value)
+        elif isinstance(value, dict):
+            if have is None:
+                have = mine[name] = {}
+            for key, n in value.items():
+                have[key] = have.get(key, 0) + n
 
 
 def merge_captures(store: CaptureStore, per_worker: list[list[EntryJSON]]) -> None:

@@ -7,6 +7,8 @@ Rules:
   to be re-created, refusing connections meanwhile. Such a reload is rejected with the
   address; moving the frontend to a new address (or restarting) does it.
 - Every listener serves through a PausableServer (lbd.limits.gate) so maxconn can pause it.
+  It accepts plain TCP; the connection upgrades itself with the listener's context after the
+  accept-time checks (lbd.proxy.client), so refused clients never get a handshake.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from lbd.config.schema import Address, Config
 from lbd.limits.gate import PausableServer
@@ -58,11 +60,22 @@ def is_tls(server: asyncio.AbstractServer | None) -> bool:
 
 def tls_changes(servers: Mapping[Address, asyncio.AbstractServer | None], cfg: Config) -> list[str]:
     """Why `cfg` cannot be applied to the listeners open now (empty when it can)."""
+    return _flips({address: is_tls(server) for address, server in servers.items()}, cfg)
+
+
+def config_tls_changes(old: Config, new: Config, bound: Iterable[Address]) -> list[str]:
+    """The same verdict from configurations alone, for the `bound` addresses `old` serves (a
+    master holds sockets, not servers: it must reject what its workers would)."""
+    serving = {address: fe.tls is not None for fe in old.frontends for address in fe.bind}
+    return _flips({address: serving[address] for address in bound if address in serving}, new)
+
+
+def _flips(tls_now: Mapping[Address, bool], cfg: Config) -> list[str]:
     problems = []
     for fe in cfg.frontends:
         for address in fe.bind:
-            if address in servers and is_tls(servers[address]) != (fe.tls is not None):
-                now = "TLS" if is_tls(servers[address]) else "plain HTTP"
+            if address in tls_now and tls_now[address] != (fe.tls is not None):
+                now = "TLS" if tls_now[address] else "plain HTTP"
                 problems.append(
                     f"frontends.{fe.name}.tls: {address} serves {now} now; adding or removing "
                     "tls on a bound address needs a restart (or a new address)"
