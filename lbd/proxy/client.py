@@ -133,6 +133,7 @@ class ClientConnection(asyncio.Protocol):
         "peer_ip",
         "peer_port",
         "proto",
+        "registry",
         "runtime",
         "transport",
     )
@@ -191,6 +192,9 @@ class ClientConnection(asyncio.Protocol):
         self._source: Source | None = None
         self._refuse = ""
         self.accept_switch: PausableServer | None = None
+        # The worker's set of open connections (a graceful stop walks it), when it keeps one.
+        # An attribute rather than a subclass: a compiled class admits no Python subclass.
+        self.registry: set[ClientConnection] | None = None
 
     # asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -198,6 +202,8 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        if self.registry is not None:
+            self.registry.add(self)
         transport.set_write_buffer_limits(high=256 * 1024)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -332,6 +338,8 @@ class ClientConnection(asyncio.Protocol):
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.registry is not None:
+            self.registry.discard(self)
         self._closing = True
         self.deadline.cancel()
         if self._rate_handle is not None:
