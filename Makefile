@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck check bench tools clean
 
-$(STAMP): pyproject.toml
+# The modules setup.py compiles with mypyc: editing one reinstalls (recompiles) before the next
+# target runs, so tests never meet a stale build. LBD_PURE_PYTHON=1 make ... compiles nothing.
+HOT := $(shell sed -n 's/^    "\(lbd\/.*\.py\)",$$/\1/p' setup.py)
+
+$(STAMP): pyproject.toml setup.py $(HOT)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -39,4 +43,5 @@ bench: $(STAMP) tools
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	find lbd -name '*.so' -delete

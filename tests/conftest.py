@@ -8,6 +8,19 @@ from pathlib import Path
 import pytest
 from e2e_helpers import Harness
 
+from lbd.compiled import stale_modules
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Never test an old build: a compiled module runs instead of its edited source."""
+    stale = stale_modules()
+    if stale:
+        pytest.exit(
+            f"compiled before their last edit: {', '.join(stale)}; rebuild with `make` or "
+            "`.venv/bin/pip install -e .` (LBD_PURE_PYTHON=1 installs without compiling)",
+            returncode=2,
+        )
+
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:

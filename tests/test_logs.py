@@ -385,7 +385,9 @@ def check_record(rec: dict[str, Any], s: Sent, accept: float) -> None:
     assert rec["feconn"] >= 1 and rec["actconn"] >= rec["feconn"]
     assert (rec["srv_queue"], rec["backend_queue"]) == (0, 0)
     if s.name == "slow":
-        assert tr_server >= 150 and ta >= 150, rec  # the mock waited 150 ms before its head
+        # The mock waited 150 ms before its head; the loop's clock is read once per iteration
+        # (millisecond resolution), so lbd may see a few ms less.
+        assert tr_server >= 140 and ta >= 140, rec
 
 
 async def read_lines(path: Path, n: int) -> list[str]:

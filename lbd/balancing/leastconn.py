@@ -60,7 +60,7 @@ class LeastConn:
     def _compact(self) -> None:
         live = self._live
         heap = self._heap
-        heap[:] = [e for e in heap if live.get(id(e[3])) is e]  # in place: callers hold it
+        heap[:] = [e for e in heap if live.get(id(e[3])) == e]  # in place: callers hold it
         heapify(heap)
 
     # --- events ------------------------------------------------------------------------------
@@ -129,7 +129,9 @@ class LeastConn:
         while heap:
             entry = heap[0]
             busy, ratio, _, s = entry
-            if live.get(id(s)) is not entry:
+            # Equality, not identity: the sequence number makes every entry unique, and mypyc
+            # boxes a tuple anew each time it enters a list or dict (see setup.py).
+            if live.get(id(s)) != entry:
                 heappop(heap)  # superseded by a later entry for the same server
             elif not s.usable() or (busy, ratio) != self._key(s):
                 heappop(heap)  # a missed event: requeue as it is now

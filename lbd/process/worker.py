@@ -185,7 +185,7 @@ class Worker:
             server = listener.server
             fe = holder.runtime.frontends.get(listener.frontend_name)
             proto = b"https" if fe is not None and fe.tls is not None else b"http"  # X-F-Proto
-            conn = _TrackedClient(holder, listener.frontend_name, proto)
+            conn = ClientConnection(holder, listener.frontend_name, proto)
             conn.registry = connections
             conn.accept_switch = server if isinstance(server, PausableServer) else None
             return conn
@@ -318,27 +318,23 @@ class Worker:
 
     def clear_counters(self) -> None:
         """Zero every counter in place (exporters keep their references to the objects)."""
-        from lbd.stats.counters import (
-            BackendCounters,
-            FrontendCounters,
-            ServerCounters,
-            TrafficCounters,
-        )
+        # Not `Counters.__init__(obj)`: on a class compiled by mypyc that call does nothing.
+        from lbd.stats.aggregate import zero_counters
 
         rt = self.runtime
         for fe in rt.frontends.values():
             open_connections = fe.counters.conn_cur
-            FrontendCounters.__init__(fe.counters)
+            zero_counters(fe.counters)
             fe.counters.conn_cur = open_connections
             for mc in fe.module_counters.values():
-                TrafficCounters.__init__(mc)
+                zero_counters(mc)
             fe.captures.clear()
             fe.module_servers.clear()
         for be in rt.backends.values():
-            BackendCounters.__init__(be.counters)
+            zero_counters(be.counters)
         for s in rt.servers.values():
             in_flight = s.counters.cur_requests
-            ServerCounters.__init__(s.counters)
+            zero_counters(s.counters)
             s.counters.cur_requests = in_flight
 
     async def graceful_stop(self) -> None:
@@ -370,19 +366,3 @@ class Worker:
                 await stop()
         if self.access_log is not None:
             self.access_log.close()
-
-
-class _TrackedClient(ClientConnection):
-    """A client connection that registers itself so a graceful stop can find it."""
-
-    __slots__ = ("registry",)
-
-    registry: set[ClientConnection]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.registry.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.registry.discard(self)
-        super().connection_lost(exc)

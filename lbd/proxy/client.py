@@ -140,6 +140,7 @@ class ClientConnection(asyncio.Protocol):
         "peer_ip",
         "peer_port",
         "proto",
+        "registry",
         "runtime",
         "transport",
     )
@@ -199,6 +200,9 @@ class ClientConnection(asyncio.Protocol):
         self._source: Source | None = None
         self._refuse = ""
         self.accept_switch: PausableServer | None = None
+        # The worker's set of open connections (a graceful stop walks it), when it keeps one.
+        # An attribute rather than a subclass: a compiled class admits no Python subclass.
+        self.registry: set[ClientConnection] | None = None
 
     # asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -206,6 +210,8 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        if self.registry is not None:
+            self.registry.add(self)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = peer[0].encode()
@@ -364,6 +370,8 @@ class ClientConnection(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        if self.registry is not None:
+            self.registry.discard(self)
         self._closing = True
         self.deadline.cancel()
         if self._rate_handle is not None:

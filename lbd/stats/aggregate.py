@@ -1,8 +1,8 @@
 """Statistics across worker processes: each worker dumps its counters, the master merges them.
 
 Rules:
-- Generic over the counter classes of lbd/stats/counters.py: every attribute in `__slots__`
-  (whole MRO) or `__dict__` is dumped and merged by its type, so a counter added to those
+- Generic over the counter classes of lbd/stats/counters.py: every slot attribute (whole MRO,
+  compiled or not) or `__dict__` is dumped and merged by its type, so a counter added to those
   classes aggregates with no change here. ints and floats are summed, lists of numbers summed
   element-wise, dicts of numbers summed per key, Histograms bucket-wise. Attributes that hold a
   high-water mark take the maximum instead: they are listed in MAX_FIELDS (the only list to
@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -42,16 +43,20 @@ Dump = dict[str, Any]
 
 
 def _fields(obj: object) -> Iterator[str]:
+    # Slots show as member descriptors in each class's __dict__, and so do the attributes of a
+    # class compiled by mypyc (which keeps no `__slots__`): read the descriptors, not the names.
     seen: set[str] = set()
     for cls in type(obj).__mro__:
-        slots = cls.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in seen and not name.startswith("__"):
+        for name, attr in cls.__dict__.items():
+            if isinstance(attr, _SLOT_TYPES) and name not in seen and not name.startswith("__"):
                 seen.add(name)
                 yield name
     for name in getattr(obj, "__dict__", {}):
         if name not in seen and not name.startswith("_"):
             yield name
+
+
+_SLOT_TYPES = (types.MemberDescriptorType, types.GetSetDescriptorType)
 
 
 # --- one counter object ---------------------------------------------------------------------------
