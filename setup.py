@@ -63,10 +63,21 @@ HOT_MODULES = [
 
 def _drop_builds() -> None:
     """A pure install must not leave an earlier build in the tree: Python would import it."""
+    Path("lbd/_compiled_sources.txt").unlink(missing_ok=True)
     names = [m[: -len(".py")] for m in HOT_MODULES] + ["lbd/_compiled__mypyc"]
     for suffix in EXTENSION_SUFFIXES:
         for name in names:
             Path(name + suffix).unlink(missing_ok=True)
+
+
+def _write_manifest() -> None:
+    """What is compiled, by content (lbd/compiled.py tells a stale build by it). Read with
+    runpy: importing lbd here would need its dependencies in pip's build environment."""
+    import runpy
+
+    compiled = runpy.run_path("lbd/compiled.py")
+    sources = {m[: -len(".py")].replace("/", "."): Path(m).read_bytes() for m in HOT_MODULES}
+    compiled["write_manifest"](Path("lbd"), sources)
 
 
 def _can_compile() -> str | None:
@@ -90,9 +101,11 @@ def _extensions() -> list[object]:
         return []
     from mypyc.build import mypycify
 
+    _write_manifest()
+
     # One group: calls between compiled modules stay native. Its shared library lives inside
     # the package (not a top-level module), so editable and regular installs both find it.
     return list(mypycify(HOT_MODULES, opt_level="3", group_name="lbd._compiled"))
 
 
-setup(ext_modules=_extensions())
+setup(ext_modules=_extensions(), package_data={"lbd": ["_compiled_sources.txt"]})

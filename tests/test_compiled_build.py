@@ -3,7 +3,7 @@ its sources is caught.
 
 Rules: these tests hold for both installs. A compiled one must import every listed module from
 its extension; a pure one (LBD_PURE_PYTHON=1) from its source. Stale detection is checked on a
-throwaway package tree with real files and time stamps.
+throwaway package tree with real files: contents decide, not time stamps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-from lbd.compiled import compiled_modules, stale_modules
+from lbd.compiled import compiled_modules, stale_modules, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 SUFFIX = EXTENSION_SUFFIXES[0]
@@ -46,12 +46,12 @@ def test_what_runs_compiled_is_exactly_what_setup_py_lists() -> None:
 
 
 def _tree(tmp_path: Path) -> Path:
-    """A package with one compiled module (a.b) and one plain one (c), built at t=1000."""
+    """A package with one compiled module (a.b) and one plain one (c), as setup.py leaves it."""
     pkg = tmp_path / "lbd"
     (pkg / "a").mkdir(parents=True)
     for rel in ("a/b.py", "c.py", "a/b" + SUFFIX, "_compiled__mypyc" + SUFFIX):
-        (pkg / rel).write_text("")
-        os.utime(pkg / rel, (1000, 1000))
+        (pkg / rel).write_text("x = 1\n")
+    write_manifest(pkg, {"lbd.a.b": b"x = 1\n"})
     return pkg
 
 
@@ -59,12 +59,20 @@ def test_a_source_edited_after_its_build_is_stale(tmp_path: Path) -> None:
     pkg = _tree(tmp_path)
     assert compiled_modules(pkg) == ["lbd.a.b"]
     assert stale_modules(pkg) == []
-    os.utime(pkg / "c.py", (2000, 2000))  # not compiled: its edits take effect anyway
+    (pkg / "c.py").write_text("x = 2\n")  # not compiled: its edits take effect anyway
     assert stale_modules(pkg) == []
-    os.utime(pkg / "a" / "b.py", (2000, 2000))
+    os.utime(pkg / "a" / "b.py", (4_000_000_000, 4_000_000_000))  # touched, same content
+    assert stale_modules(pkg) == []
+    (pkg / "a" / "b.py").write_text("x = 2\n")
     assert stale_modules(pkg) == ["lbd.a.b"]
-    os.utime(pkg / ("_compiled__mypyc" + SUFFIX), (3000, 3000))  # rebuilt since
+    write_manifest(pkg, {"lbd.a.b": b"x = 2\n"})  # rebuilt since
     assert stale_modules(pkg) == []
+
+
+def test_a_build_without_its_manifest_counts_as_stale(tmp_path: Path) -> None:
+    pkg = _tree(tmp_path)
+    (pkg / "_compiled_sources.txt").unlink()
+    assert stale_modules(pkg) == ["lbd.a.b"]
 
 
 def test_a_pure_tree_has_nothing_compiled_or_stale(tmp_path: Path) -> None:

@@ -11,8 +11,15 @@ import json
 from lbd.config.load import load_config_text
 from lbd.inspect.store import REJECTED, CaptureStore, Sample
 from lbd.runtime import Runtime, build_runtime
-from lbd.stats.aggregate import add_counters, dump_counters, dump_runtime, merge_into, retire
-from lbd.stats.counters import LATENCY_BUCKETS, ServerCounters
+from lbd.stats.aggregate import (
+    add_counters,
+    dump_counters,
+    dump_runtime,
+    merge_into,
+    retire,
+    zero_counters,
+)
+from lbd.stats.counters import LATENCY_BUCKETS, FrontendCounters, ServerCounters
 
 CONFIG = """
 frontends:
@@ -154,3 +161,14 @@ def test_retired_workers_keep_their_counters_but_not_their_gauges() -> None:
     assert master.backends["app"].counters.requests == 17
     entry = fe.captures.get("bad_uri")
     assert entry is not None and entry.count == 1  # samples of dead workers are not kept
+
+
+def test_clearing_counters_in_a_running_process_keeps_what_runs_now() -> None:
+    # `clear counters` with requests in flight: their end decrements the gauges, which would
+    # go below zero had they been zeroed too.
+    c = FrontendCounters()
+    c.conn_cur, c.cur_requests, c.conn_total = 3, 2, 40
+    zero_counters(c, keep_gauges=True)
+    assert (c.conn_cur, c.cur_requests, c.conn_total) == (3, 2, 0)
+    zero_counters(c)  # the master's totals, rebuilt from the workers' dumps
+    assert (c.conn_cur, c.cur_requests) == (0, 0)

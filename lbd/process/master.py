@@ -123,6 +123,7 @@ class Master:
         self.exit_code = 0
         self.stale: list[int] = []  # workers counted with their previous dump at the last reading
         self.retired: Dump | None = None  # counters of the workers that exited, summed
+        self.cleared = 0  # `clear counters` generations: a dump asked for before one is void
         self._reload_lock = asyncio.Lock()
         self._admin: Any = None
         self._stats: Any = None
@@ -543,9 +544,14 @@ class Master:
     async def refresh(self) -> None:
         """Make the master's counters the totals over every worker, alive or exited."""
         live = [s for s in self.slots if s.serving]
+        asked = [(s.proc, self.cleared) for s in live]
         answers = await asyncio.gather(*(self._ask(s, "dump", DUMP_TIMEOUT) for s in live))
         self.stale = []
-        for slot, answer in zip(live, answers, strict=True):
+        for slot, answer, (proc, cleared) in zip(live, answers, asked, strict=True):
+            if slot.proc is not proc or self.cleared != cleared:
+                # It exited meanwhile (its previous dump is already retired: storing this one
+                # would count it twice), or counters were cleared: this answer is out of date.
+                continue
             if answer is None or "dump" not in answer:
                 if slot.last_dump is not None:
                     self.stale.append(slot.index)
@@ -611,6 +617,7 @@ class Master:
         """The workers own the counters (the fan-out clears them); the master's are totals,
         rebuilt at the next reading: what it kept of earlier readings and exited workers goes."""
         self.retired = None
+        self.cleared += 1
         for slot in self.slots:
             slot.last_dump = None
         merge_into(self.runtime, [])

@@ -323,19 +323,15 @@ class Worker:
 
         rt = self.runtime
         for fe in rt.frontends.values():
-            open_connections = fe.counters.conn_cur
-            zero_counters(fe.counters)
-            fe.counters.conn_cur = open_connections
+            zero_counters(fe.counters, keep_gauges=True)
             for mc in fe.module_counters.values():
-                zero_counters(mc)
+                zero_counters(mc, keep_gauges=True)
             fe.captures.clear()
             fe.module_servers.clear()
         for be in rt.backends.values():
-            zero_counters(be.counters)
+            zero_counters(be.counters, keep_gauges=True)
         for s in rt.servers.values():
-            in_flight = s.counters.cur_requests
-            zero_counters(s.counters)
-            s.counters.cur_requests = in_flight
+            zero_counters(s.counters, keep_gauges=True)
 
     async def graceful_stop(self) -> None:
         self.notifier.stopping()

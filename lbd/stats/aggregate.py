@@ -76,9 +76,13 @@ def dump_counters(obj: object) -> Dump:
     return out
 
 
-def zero_counters(obj: object) -> None:
-    """Every counter attribute of `obj` back to zero, in place (objects keep their identity)."""
+def zero_counters(obj: object, keep_gauges: bool = False) -> None:
+    """Every counter attribute of `obj` back to zero, in place (objects keep their identity).
+    `keep_gauges`: what runs now (GAUGE_FIELDS) stays, or the requests in flight would count
+    themselves out below zero (`clear counters` in a running process)."""
     for name in _fields(obj):
+        if keep_gauges and name in GAUGE_FIELDS:
+            continue
         value = getattr(obj, name, None)
         if isinstance(value, Histogram):
             value.counts[:] = [0] * len(value.counts)
