@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import multiprocessing
 import os
 import resource
@@ -31,9 +30,8 @@ from typing import Any
 import heldconns
 import wrk
 from lab import Lab, Placement
-from procs import StartError, failure_kinds, rss_kib, unwind_on_signals
+from procs import StartError, failure_kinds, rss_kib, unwind_on_signals, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WANTED_NOFILE = 200_000
 TARGET_BYTES_PER_CONN = 3 * 1024
 PROBE_CONNECTIONS = 10
@@ -205,13 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"lbd's log:\n{lab.supervisor.log_tail(f'{args.proxy}-plain', 20)}", file=sys.stderr
             )
-        text = json.dumps(doc, indent=2) + "\n"
-        RESULTS.mkdir(exist_ok=True)
-        latest = None if args.no_latest else RESULTS / "latest-capacity.json"
-        for path in (latest, args.json):
-            if path is not None:
-                path.write_text(text)
-                print(f"wrote {path}")
+        write_results(doc, None if args.no_latest else "latest-capacity.json", args.json)
         return 0
     except StartError as e:
         print(f"capacity: {e}", file=sys.stderr)

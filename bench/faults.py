@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import multiprocessing
 import os
 import shutil
@@ -44,10 +43,17 @@ import throughput
 import uvloop
 import wrk
 from lab import LBD_ENV, Placement
-from procs import StartError, Supervisor, failure_kinds, free_port, unwind_on_signals, wait_port
+from procs import (
+    StartError,
+    Supervisor,
+    failure_kinds,
+    free_port,
+    unwind_on_signals,
+    wait_port,
+    write_results,
+)
 from rateclient import Outcome, RateClient
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("kill", "reload", "slowloris", "slow-module")
 MOCKS = 3
 LOAD_FRACTION = 0.5
@@ -459,13 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nfaults: interrupted, stopping everything", file=sys.stderr)
         return 130
-    text = json.dumps(doc, indent=2) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    latest = None if args.no_latest else RESULTS / "latest-faults.json"
-    for path in (latest, args.json):
-        if path is not None:
-            path.write_text(text)
-            print(f"wrote {path}")
+    write_results(doc, None if args.no_latest else "latest-faults.json", args.json)
     return 0
 
 

@@ -8,12 +8,14 @@ whole process tree, because nginx does its work in a worker under the master we 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -206,3 +208,16 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def failure_kinds(failures: dict[str, int]) -> str:
     """` {kind: count}` when anything failed, else nothing (for one-line reports)."""
     return f" {failures}" if failures else ""
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(doc: dict[str, Any], latest: str | None, extra: Path | None) -> None:
+    """The JSON document to bench/results/LATEST (None: not there) and to `extra`, if given."""
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    for path in (RESULTS / latest if latest else None, extra):
+        if path is not None:
+            path.write_text(text)
+            print(f"wrote {path}")

@@ -23,10 +23,8 @@ from pathlib import Path
 
 import wrk
 from lab import Lab, Placement
-from procs import run_bounded
+from procs import RESULTS, run_bounded
 from rss import raise_nofile
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _frame_name(frame: str) -> str:

@@ -29,9 +29,15 @@ import syscalls
 import throughput
 import wrk
 from lab import EXTRA_PROXIES, PROFILE_PROXIES, PROXIES, REPO, Endpoint, Lab, Placement, tool
-from procs import StartError, busy_percent, unwind_on_signals, usable_cpus
+from procs import (
+    RESULTS,
+    StartError,
+    busy_percent,
+    unwind_on_signals,
+    usable_cpus,
+    write_results,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # Proxies another engineer may still be finishing: skipped ones get a second chance at the end.
 RETRY_LATE = ("lbd-w2",)
 
@@ -262,15 +268,6 @@ def run_syscalls(endpoints: list[Endpoint], lab: Lab, script: Path) -> list[dict
     return [asdict(c) for c in counts]
 
 
-def write_json(doc: dict[str, Any], name: str, extra: Path | None) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    for path in (RESULTS / name, extra):
-        if path is not None:
-            path.write_text(text)
-            print(f"wrote {path}")
-
-
 def run_phases(args: argparse.Namespace, lab: Lab) -> tuple[dict[str, Any], str]:
     """Start everything, run the chosen measurements; (JSON document, results file name)."""
     doc: dict[str, Any] = {"meta": environment(args, lab.placement)}
@@ -305,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(workdir, placement, nofile=rss.raise_nofile())
     try:
         doc, name = run_phases(args, lab)
-        write_json(doc, name, args.json)
+        write_results(doc, name, args.json)
         return 0
     except StartError as e:
         print(f"bench: {e}", file=sys.stderr)

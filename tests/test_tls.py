@@ -226,14 +226,7 @@ async def test_certificate_hot_reload_and_bad_file_keeps_old(
     lbd.path.write_text(
         yaml.safe_dump(_reload_config(tmp_path, port, backend.port, bad), sort_keys=False)
     )
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "lbd", "reload", "-c", str(lbd.path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = await lbd_cli("reload", lbd.path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = proc.stdout + proc.stderr
     assert f"{lbd.path}:" in report
@@ -274,16 +267,8 @@ async def test_bad_certificate_at_start_names_the_key(tmp_path: Path) -> None:
     port = free_port()
     tls = {"cert": str(tmp_path / "empty.pem"), "key": str(key)}
     cfg = config(port, [free_port()], {"tls": tls})
-    path = tmp_path / "lbd.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "lbd", "run", "-c", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    path = write_config(tmp_path, cfg)
+    proc = await lbd_cli("run", path)
     assert proc.returncode == 3, proc.stderr
     assert f"{path}:" in proc.stderr and "frontends.fe.tls.cert: cannot load" in proc.stderr
 
@@ -371,16 +356,8 @@ async def test_tls_to_servers_verified(harness: Harness, tmp_path: Path) -> None
 async def test_check_reports_bad_tls_keys(tmp_path: Path) -> None:
     cfg = config(free_port(), [free_port()], {"tls": {"cert": "a.pem", "min_version": "1.1"}})
     cfg["backends"]["app"]["servers"][0]["tls"] = {"verify": "yes", "cipher": "x"}
-    path = tmp_path / "lbd.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "lbd", "check", "-c", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    path = write_config(tmp_path, cfg)
+    proc = await lbd_cli("check", path)
     assert proc.returncode == 1
     out = proc.stdout
     assert "frontends.fe.tls.key: missing required key" in out
@@ -399,16 +376,8 @@ async def test_check_opens_certificate_files(tmp_path: Path) -> None:
         [free_port()],
         {"tls": {"cert": str(tmp_path / "bad.pem"), "key": str(tmp_path / "bad.key")}},
     )
-    path = tmp_path / "lbd.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "lbd", "check", "-c", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    path = write_config(tmp_path, cfg)
+    proc = await lbd_cli("check", path)
     assert proc.returncode == 1, proc.stdout
     assert "frontends.fe.tls.cert: cannot load certificate" in proc.stdout
     assert "configuration valid" not in proc.stdout
@@ -487,3 +456,21 @@ async def test_tls_silent_clients_count_for_maxconn_and_time_out(
     assert outcomes == [b"", b""]
     data, _ = await tls_get(port, client_context(cert), "ehr.test")
     assert data.startswith(b"HTTP/1.1 200 "), data
+
+
+def write_config(tmp_path: Path, cfg: dict[str, Any]) -> Path:
+    path = tmp_path / "lbd.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+async def lbd_cli(command: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m lbd COMMAND -c PATH`, off the event loop, with its output."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lbd", command, "-c", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
