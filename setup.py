@@ -35,6 +35,7 @@ HOT_MODULES = [
     "lbd/proxy/timer.py",
     "lbd/http/head.py",
     "lbd/http/inspect.py",
+    "lbd/http/response_head.py",
     "lbd/http/target.py",
     "lbd/http/wire.py",
     "lbd/stats/counters.py",

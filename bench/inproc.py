@@ -3,6 +3,7 @@ UpstreamConnection with fake transports, so kernel time and load-generator noise
 
     .venv/bin/python bench/inproc.py                 # µs per request (noisy on a shared box)
     .venv/bin/python bench/inproc.py --profile       # cProfile, top functions by own time
+    .venv/bin/python bench/inproc.py --floor         # the same for bench/peers/floor_proxy.py
     bench/instructions.sh                            # callgrind: instructions per request
 
 Wall-clock numbers on a shared VM vary ±50% run to run; the instruction count from callgrind is
@@ -16,7 +17,10 @@ import asyncio
 import cProfile
 import gc
 import pstats
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -99,7 +103,25 @@ def _config() -> Config:
     )
 
 
-async def run(requests: int, profile: bool) -> float:
+def _floor() -> Callable[[], None]:
+    """One request through bench/peers/floor_proxy.py: the least a Python proxy does."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    import floor_proxy
+
+    client = floor_proxy.Client(("127.0.0.1", 2))
+    client.connection_made(FakeTransport())  # type: ignore[arg-type]
+    upstream = client.upstream = floor_proxy.Upstream(client)
+    upstream.connection_made(FakeTransport())  # type: ignore[arg-type]
+
+    def one() -> None:
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+
+    return one
+
+
+def _lbd() -> Callable[[], None]:
+    """One request through lbd's ClientConnection and UpstreamConnection."""
     loop = asyncio.get_running_loop()
     holder = RuntimeHolder(build_runtime(_config(), None, loop))
     for state in holder.runtime.backends["b"].servers:
@@ -108,8 +130,6 @@ async def run(requests: int, profile: bool) -> float:
         state.pool.release(upstream)
     client = ClientConnection(holder, "f")
     client.connection_made(FakeTransport())  # type: ignore[arg-type]
-    gc.collect()
-    gc.freeze()
 
     def one() -> None:
         client.data_received(REQUEST)
@@ -117,6 +137,13 @@ async def run(requests: int, profile: bool) -> float:
         assert ex is not None and ex.upstream is not None
         ex.upstream.data_received(RESPONSE)
 
+    return one
+
+
+async def run(requests: int, profile: bool, floor: bool) -> float:
+    one = _floor() if floor else _lbd()
+    gc.collect()
+    gc.freeze()
     for _ in range(1000):  # warm-up
         one()
     profiler = cProfile.Profile() if profile else None
@@ -136,8 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("requests", nargs="?", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--floor", action="store_true", help="bench/peers/floor_proxy.py instead")
     args = parser.parse_args()
-    per_request = uvloop.run(run(args.requests, args.profile))
+    per_request = uvloop.run(run(args.requests, args.profile, args.floor))
     print(f"{per_request * 1e6:.2f} µs per request (in-process, no syscalls)")
 
 

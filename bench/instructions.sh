@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+# Usage: bench/instructions.sh [--floor]   (--floor: bench/peers/floor_proxy.py instead of lbd)
 count() {
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python bench/inproc.py "$1" 2>&1 \
+    local requests=$1
+    shift
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python bench/inproc.py "$requests" "$@" 2>&1 \
         | awk '/Collected/ {gsub(",", "", $4); print $4}'
 }
-short=$(count 1000)
-long=$(count 4000)
+short=$(count 1000 "$@")
+long=$(count 4000 "$@")
 echo "instructions per request: $(( (long - short) / 3000 ))"

@@ -24,8 +24,9 @@ import configs
 from procs import StartError, Supervisor, free_port, process_tree, usable_cpus, wait_port
 
 PROXIES = ("lbd", "haproxy", "nginx", "direct", "aiohttp-proxy", "lbd-w2")
-# Not in the default run: lbd writing an httplog access line per request to a file.
-EXTRA_PROXIES = ("lbd-log",)
+# Not in the default run: lbd writing an httplog access line per request to a file, and the
+# floor (the least a uvloop + httptools proxy does; one upstream, so plain profile only).
+EXTRA_PROXIES = ("lbd-log", "floor")
 # Which proxies take part in each profile; `direct` cannot balance over three mock servers.
 PROFILE_PROXIES: dict[str, tuple[str, ...]] = {
     "plain": PROXIES + EXTRA_PROXIES,
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 # `python -m lbd` must find this checkout's package even in a venv without `pip install -e .`.
 LBD_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 PEER = Path(__file__).resolve().parent / "peers" / "aiohttp_proxy.py"
+FLOOR = Path(__file__).resolve().parent / "peers" / "floor_proxy.py"
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,15 @@ class Lab:
         if name == "aiohttp-proxy":
             ups = [a for p in upstreams for a in ("--upstream", f"127.0.0.1:{p}")]
             return [sys.executable, str(PEER), "--port", str(port), *ups]
+        if name == "floor":
+            return [
+                sys.executable,
+                str(FLOOR),
+                "--port",
+                str(port),
+                "--upstream",
+                f"127.0.0.1:{upstreams[0]}",
+            ]
         if name in ("lbd", "lbd-log", "lbd-w2"):
             text = configs.lbd(
                 port,

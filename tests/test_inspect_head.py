@@ -21,6 +21,7 @@ from lbd.http.inspect import (
 )
 from lbd.inspect import mask
 from lbd.inspect.store import LOGGED, REJECTED, CaptureStore, Sample
+from lbd.proxy.exchange import DROP_REQUEST, request_head_bytes
 
 GOOD = b"GET / HTTP/1.1\r\nHost: ehr.test\r\n"
 
@@ -330,3 +331,30 @@ async def test_capture_store_is_kept_across_reloads_by_frontend_name() -> None:
     new = build_runtime(load_config_text(text % "log", "x.yaml"), old, loop)
     assert new.frontends["fe"].captures is old.frontends["fe"].captures
     assert new.frontends["fe"].url_policies.default == "log"
+
+
+# The rebuilt head skips filtering when classify saw nothing to drop: the two lists must agree.
+def test_a_plain_head_needs_no_filter_and_its_headers_pass_verbatim() -> None:
+    head = _head(b"GET", b"1.1", (b"Host", b"a"), (b"Cookie", b"x=1"), (b"Content-Length", b"0"))
+    classify(head)
+    assert head.needs_filter is False
+    sent = request_head_bytes(head, b"127.0.0.1", b"http", b"app")
+    assert sent.startswith(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: x=1\r\nContent-Length: 0\r\n")
+
+
+@pytest.mark.parametrize("name", sorted(DROP_REQUEST))
+def test_every_dropped_request_header_marks_the_head(name: bytes) -> None:
+    head = _head(
+        b"GET",
+        b"1.1",
+        (b"Host", b"a"),
+        (name.title(), b"chunked" if name == b"transfer-encoding" else b"x"),
+    )
+    classify(head)
+    assert head.needs_filter is True
+    sent = request_head_bytes(head, b"127.0.0.1", b"http", b"app")
+    lines = [line.split(b":")[0].lower() for line in sent.split(b"\r\n")[1:]]
+    # Gone, except the ones lbd writes itself (X-Forwarded-*, and the framing it re-adds).
+    assert lines.count(name) == (
+        1 if name.startswith(b"x-forwarded-") or name == b"transfer-encoding" else 0
+    )

@@ -16,6 +16,7 @@ H_TRANSFER_ENCODING = 3
 H_CONNECTION = 4
 H_UPGRADE = 5
 H_XFF = 6
+H_DROPPED = 7  # not forwarded: hop-by-hop, or X-Forwarded-* that lbd sets itself
 
 SPECIAL_HEADERS: dict[bytes, int] = {
     b"host": H_HOST,
@@ -24,7 +25,17 @@ SPECIAL_HEADERS: dict[bytes, int] = {
     b"connection": H_CONNECTION,
     b"upgrade": H_UPGRADE,
     b"x-forwarded-for": H_XFF,
+    b"keep-alive": H_DROPPED,
+    b"proxy-connection": H_DROPPED,
+    b"te": H_DROPPED,
+    b"trailer": H_DROPPED,
+    b"proxy-authenticate": H_DROPPED,
+    b"proxy-authorization": H_DROPPED,
+    b"x-forwarded-proto": H_DROPPED,
+    b"x-forwarded-host": H_DROPPED,
 }
+# H_HOST and H_CONTENT_LENGTH are forwarded as they are; every code above them is a header the
+# rebuilt head drops (exchange.request_head_bytes), and marks the head `needs_filter`.
 
 
 class RequestHead:
@@ -38,6 +49,7 @@ class RequestHead:
         "host",
         "keep_alive",
         "method",
+        "needs_filter",
         "path",
         "query",
         "target",
@@ -62,6 +74,7 @@ class RequestHead:
         self.upgrade: bytes | None = None  # the Upgrade value when the client asks to upgrade
         self.connection_tokens: frozenset[bytes] = EMPTY_TOKENS
         self.xff: bytes | None = None  # existing X-Forwarded-For value(s), comma-joined
+        self.needs_filter = False  # has a header the rebuilt head drops (set by classify)
 
     @property
     def has_body(self) -> bool:

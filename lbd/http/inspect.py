@@ -88,6 +88,8 @@ def classify(head: RequestHead, allowed_methods: frozenset[bytes] | None = None)
         code = special.get(name.lower())
         if code is None:
             continue
+        if code > H_CONTENT_LENGTH:
+            head.needs_filter = True
         if code == H_HOST:
             host_count += 1
             host = value

@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING
 from lbd.health import passive
 from lbd.http import wire
 from lbd.http.head import RequestHead
+from lbd.http.response_head import (
+    NO_LENGTH,
+    STANDARD_TOKENS,
+    end_to_end,
+    has_header,
+    header_list,
+    raw_head,
+)
 from lbd.routing.router import LocalAnswer
 from lbd.stats.counters import TrafficCounters, bucket_of, status_class
 
@@ -40,8 +48,8 @@ REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this a failur
 CONNECT_BUFFER_LIMIT = 256 * 1024  # request body buffered while connecting before pausing
 
 # Request headers never forwarded: hop-by-hop ones, and those lbd rewrites itself.
-_DROP_REQUEST = wire.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+DROP_REQUEST = wire.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_STANDARD_TOKENS = STANDARD_TOKENS
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
 
@@ -59,12 +67,19 @@ def request_head_bytes(
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     if head.host is None:
         parts += (b"Host: ", default_host, b"\r\n")
-    extra = head.connection_tokens - _STANDARD_TOKENS
-    drop = _DROP_REQUEST | extra if extra else _DROP_REQUEST
-    for name, value in head.headers if headers is None else headers:
-        if name.lower() in drop:
-            continue
-        parts += (name, b": ", value, b"\r\n")
+    if head.needs_filter:
+        extra = head.connection_tokens - _STANDARD_TOKENS
+        drop = DROP_REQUEST | extra if extra else DROP_REQUEST
+        for name, value in head.headers if headers is None else headers:
+            if name.lower() not in drop:
+                parts += (name, b": ", value, b"\r\n")
+    else:
+        # The common case (classify saw nothing to drop): no lowercasing, no lookups.
+        for name, value in head.headers if headers is None else headers:
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
     xff = head.xff + b", " + client_ip if head.xff else client_ip
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if head.host is not None:
@@ -470,11 +485,12 @@ class Exchange:
 
     # --- response, from the upstream connection ---------------------------------------------------
 
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep: bool) -> None:
+    def response_head(self, status: int, raw: bytes, keep: bool) -> None:
+        """The server's head, as received (status line first, ending in CRLF CRLF)."""
         if status < 200 and status != 101:
             # Interim response (100 Continue, 103 Early Hints): pass it on to 1.1 clients only.
             if self.head.version == b"1.1":
-                self.resp_out.append(_head_bytes(status, headers, wire.HOP_BY_HOP, b""))
+                self.resp_out += (wire.status_line(status), end_to_end(raw)[0], b"\r\n")
             return
         server = self.server
         if server is not None:
@@ -495,47 +511,28 @@ class Exchange:
         self.upstream_keep_alive = keep
         waited = now - self.attached_at
         bucket = bucket_of(waited)
-        for c in self._counter_set(self.server):
-            c.header_time.observe_at(bucket, waited)
+        backend = self.backend
+        self.fe.module_counters[self.module].header_time.observe_at(bucket, waited)
+        if backend is not None:
+            backend.counters.header_time.observe_at(bucket, waited)
+            if server is not None:
+                server.counters.header_time.observe_at(bucket, waited)
         head = self.head
         extra_lines = b""
-        backend = self.backend
         if self.persist is not None and backend is not None and backend.sticky is not None:
             if server is not None:  # persistence cookie / stick table learn from the answer
-                headers, extra_lines = backend.sticky.response(
+                headers = header_list(raw)
+                edited, extra_lines = backend.sticky.response(
                     self.persist, server, headers, int(time.time()), now
                 )
-        chunked = False
-        has_length = False
-        extra_tokens: set[bytes] | None = None
-        # One pass: copy end-to-end headers, note the framing ones (RFC 9110 §7.6.1).
-        parts = [wire.status_line(status)]
-        hop = wire.HOP_BY_HOP
-        for name, value in headers:
-            lname = name.lower()
-            if lname in hop:
-                if lname == b"transfer-encoding":
-                    chunked = value.rstrip().lower().endswith(b"chunked")
-                elif lname == b"connection":
-                    extra = {t.strip().lower() for t in value.split(b",")} - _STANDARD_TOKENS
-                    if extra:
-                        extra_tokens = extra
-                continue
-            if lname == b"content-length":
-                has_length = True
-                if value.isdigit():
-                    self.resp_length = int(value)  # llhttp already refused a bad one
-            parts += (name, b": ", value, b"\r\n")
-        if extra_tokens is not None:
-            # Rare: the server named more hop-by-hop headers in Connection; drop those too.
-            parts = [wire.status_line(status)]
-            drop = hop | extra_tokens
-            for name, value in headers:
-                if name.lower() not in drop:
-                    parts += (name, b": ", value, b"\r\n")
+                if edited is not headers:
+                    raw = raw_head(wire.status_line(status), edited)
+        lines, length, chunked = end_to_end(raw)
+        if length != NO_LENGTH:
+            self.resp_length = length
         no_body = head.method == b"HEAD" or status in (204, 304) or status == 101
         client_11 = head.version == b"1.1"
-        if not no_body and not has_length:
+        if not no_body and length == NO_LENGTH:
             if not chunked:
                 self.until_close = True
                 self.upstream_keep_alive = False
@@ -556,10 +553,9 @@ class Exchange:
         elif not client_11:
             extra_lines += b"Connection: keep-alive\r\n"
         hsts = self.fe.hsts  # `tls: {hsts: ...}`: unless the server already set its own
-        if hsts and not any(n.lower() == b"strict-transport-security" for n, _ in headers):
+        if hsts and not has_header(raw, b"strict-transport-security"):
             extra_lines += hsts
-        parts += (extra_lines, b"\r\n")
-        data = b"".join(parts)
+        data = b"".join((wire.status_line(status), lines, extra_lines, b"\r\n"))
         self.resp_bytes += len(data)  # HAProxy's bytes_read and bout count the head too
         self.resp_out.append(data)
         if no_body and status != 101:
@@ -813,25 +809,32 @@ class Exchange:
         received = self.resp_bytes
         if self.persist is not None and backend is not None:
             self.persist.count(backend.counters)
-        for c in (fc, mc) if backend is None else (fc, mc, backend.counters):
-            c.responses[cls] += 1
-            c.bytes_in += sent
-            c.bytes_out += received
-            c.response_time.observe_at(bucket, elapsed)
+        # Called out one by one: compiled, a loop over a tuple of counters goes through
+        # Python's iterator protocol.
+        _count_response(fc, cls, sent, received, bucket, elapsed)
+        _count_response(mc, cls, sent, received, bucket, elapsed)
+        if backend is not None:
+            _count_response(backend.counters, cls, sent, received, bucket, elapsed)
         server = self.server
         if server is not None:
             pair = self._module_server(server)
             pair.requests += 1  # the server's own count was taken at dispatch
-            for c in (server.counters, pair):
-                c.responses[cls] += 1
-                c.bytes_in += sent
-                c.bytes_out += received
-                c.response_time.observe_at(bucket, elapsed)
+            _count_response(server.counters, cls, sent, received, bucket, elapsed)
+            _count_response(pair, cls, sent, received, bucket, elapsed)
         log_sink = self.runtime.access_log
         if log_sink is not None:
             log_sink(self, elapsed)
         if server is not None:
             self._release_server()
+
+
+def _count_response(
+    c: TrafficCounters, cls: int, sent: int, received: int, bucket: int, elapsed: float
+) -> None:
+    c.responses[cls] += 1
+    c.bytes_in += sent
+    c.bytes_out += received
+    c.response_time.observe_at(bucket, elapsed)
 
 
 def _enter(c: TrafficCounters) -> None:
@@ -840,18 +843,3 @@ def _enter(c: TrafficCounters) -> None:
     c.cur_requests = cur
     if cur > c.max_requests:
         c.max_requests = cur
-
-
-def _head_bytes(
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    drop: frozenset[bytes] | set[bytes],
-    extra: bytes,
-) -> bytes:
-    parts = [wire.status_line(status)]
-    for name, value in headers:
-        if name.lower() in drop:
-            continue
-        parts += (name, b": ", value, b"\r\n")
-    parts += (extra, b"\r\n")
-    return b"".join(parts)

@@ -1,10 +1,12 @@
 """One keep-alive TCP connection to a server, with its httptools response parser.
 
 Rules: the parser callbacks only collect; the response head goes to the owning Exchange at
-headers-complete. A connection belongs to at most one Exchange at a time and goes back to its
-pool only after the response was read completely and the request was sent completely. Bytes
-produced while parsing one read are handed over in one batch (`exchange.flush_client()`), so a
-keep-alive response costs one read here and one write on the client leg.
+headers-complete, as the raw bytes the server sent (llhttp validates it without a Python call
+per header: this class has no `on_header`, and httptools then registers none). A connection
+belongs to at most one Exchange at a time and goes back to its pool only after the response was
+read completely and the request was sent completely. Bytes produced while parsing one read are
+handed over in one batch (`exchange.flush_client()`), so a keep-alive response costs one read
+here and one write on the client leg.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import httptools
 
 from lbd.proxy.timer import Deadline
 
+# A response head larger than this is refused with 502 (HAProxy's limit is its 16 KiB buffer).
+MAX_HEAD_BYTES = 64 * 1024
+
 if TYPE_CHECKING:
     from lbd.proxy.connpool import ConnPool
     from lbd.proxy.exchange import Exchange
@@ -25,7 +30,10 @@ class UpstreamConnection(asyncio.Protocol):
     # --- connection lifetime
     __slots__ = (
         "_body_seen",
-        "_headers",
+        "_buf",
+        "_carry",
+        "_head_from",
+        "_in_head",
         "_parser",
         "_raw_left",
         "closed",
@@ -49,7 +57,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False  # after a 101: raw bytes both ways
         # --- per response
         self.exchange: Exchange | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._buf = b""  # what the parser is reading: the carried head start + this read
+        self._head_from = 0  # where the head being parsed starts in _buf
+        self._in_head = False  # llhttp began a message whose head is not complete
+        self._carry = b""  # the start of a head split across reads
         self._body_seen = 0  # body bytes httptools delivered for this response
         self._raw_left = 0  # Content-Length bytes still to relay without the parser
 
@@ -73,6 +84,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self._raw_left:
             self._relay_raw(ex, data)
             return
+        carry = self._carry
+        if carry:
+            self._carry = b""
+            self._buf = carry + data
+        else:
+            self._buf = data
+        self._head_from = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -88,6 +106,13 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             ex.upstream_failed(self, "bad-response", 502)
             return
+        if self._in_head:
+            carry = self._buf[self._head_from :]
+            if len(carry) > MAX_HEAD_BYTES:
+                ex.upstream_failed(self, "bad-response", 502)
+                return
+            self._carry = carry
+        self._buf = b""
         if self.exchange is ex and ex.resp_length > self._body_seen and not ex.resp_done:
             # A large Content-Length body is still coming: relay the next reads as they are,
             # without httptools copying every chunk through on_body (the 1 MiB case).
@@ -136,17 +161,27 @@ class UpstreamConnection(asyncio.Protocol):
     # httptools callbacks -----------
 
     def on_message_begin(self) -> None:
-        self._headers = []
+        self._in_head = True
         self._body_seen = 0
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        buf = self._buf
+        start = self._head_from
+        while buf.startswith(b"\r\n", start):  # llhttp skips empty lines before a message
+            start += 2
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            # llhttp took a head that does not end in CRLF CRLF (bare LF line ends): refuse it.
+            raise ValueError("response head without CRLF line ends")
+        end += 4
+        if end - start > MAX_HEAD_BYTES:
+            raise ValueError("response head too large")  # feed_data raises; upstream_failed
+        self._head_from = end
         ex = self.exchange
         if ex is not None:
             p = self._parser
-            ex.response_head(p.get_status_code(), self._headers, p.should_keep_alive())
+            ex.response_head(p.get_status_code(), buf[start:end], p.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         self._body_seen += len(body)

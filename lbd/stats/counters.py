@@ -8,13 +8,13 @@ counter never resets because the configuration changed.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from typing import Final
 
 # Response classes: index = status // 100 for 1xx..5xx, 0 for anything else ("other").
 CLASS_LABELS = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 # Latency bucket upper bounds in seconds, suited to an EHR: 1 ms … 30 s.
-LATENCY_BUCKETS = (
+LATENCY_BUCKETS: Final = (
     0.001,
     0.0025,
     0.005,
@@ -49,7 +49,7 @@ class Histogram:
         self.count = 0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.counts[bucket_of(seconds)] += 1
         self.sum += seconds
         self.count += 1
 
@@ -74,7 +74,17 @@ class Histogram:
 
 
 def bucket_of(seconds: float) -> int:
-    return bisect_left(LATENCY_BUCKETS, seconds)
+    """bisect_left(LATENCY_BUCKETS, seconds), written out: compiled, it compares C doubles
+    where bisect would box a float per step (a fifth of the accounting cost of a request)."""
+    lo = 0
+    hi = len(LATENCY_BUCKETS)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if LATENCY_BUCKETS[mid] < seconds:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class TrafficCounters:
