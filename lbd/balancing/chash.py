@@ -39,13 +39,14 @@ from collections import Counter
 from itertools import accumulate, repeat
 from math import gcd
 from operator import rshift
+from typing import Final
 
 from lbd.balancing.hashing import hash64, hash64x8
 from lbd.balancing.roundrobin import RoundRobin
 from lbd.state import WEIGHT_SCALE, ServerState
 
-POINTS_PER_WEIGHT = 100
-MAX_POINTS = 1 << 18
+POINTS_PER_WEIGHT: Final = 100
+MAX_POINTS: Final = 1 << 18
 
 
 class ConsistentHash:

@@ -28,12 +28,13 @@ import time
 from collections.abc import Callable
 from math import exp
 from random import Random
+from typing import Final
 
 from lbd.balancing.weighted import WeightedSet, draw_distinct
 from lbd.state import ServerState
 
-DECAY_SECONDS = 1.0
-UNMEASURED_PENALTY = 1e9  # seconds; above any real cost, so a probe in flight is not doubled
+DECAY_SECONDS: Final = 1.0
+UNMEASURED_PENALTY: Final = 1e9  # seconds; above any real cost, so a probe in flight is not doubled
 
 
 class Ewma:

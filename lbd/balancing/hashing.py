@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from hashlib import blake2b
 from struct import Struct
+from typing import Final
 
-_EIGHT = Struct(">8Q")
+_EIGHT: Final = Struct(">8Q")
 
 
 def hash64(data: bytes) -> int:

@@ -7,18 +7,20 @@ case preserved; only the few headers that change framing or routing are looked a
 
 from __future__ import annotations
 
+from typing import Final
+
 # Header names the proxy reacts to, mapped to small codes so `classify` does one dict lookup.
 # Only headers `classify` reads are here: any other name costs one failed lookup. (Hop-by-hop
 # and X-Forwarded-* headers are dropped by name when the head is rebuilt, in exchange.py.)
-H_HOST = 1
-H_CONTENT_LENGTH = 2
-H_TRANSFER_ENCODING = 3
-H_CONNECTION = 4
-H_UPGRADE = 5
-H_XFF = 6
-H_DROPPED = 7  # not forwarded: hop-by-hop, or X-Forwarded-* that lbd sets itself
+H_HOST: Final = 1
+H_CONTENT_LENGTH: Final = 2
+H_TRANSFER_ENCODING: Final = 3
+H_CONNECTION: Final = 4
+H_UPGRADE: Final = 5
+H_XFF: Final = 6
+H_DROPPED: Final = 7  # not forwarded: hop-by-hop, or X-Forwarded-* that lbd sets itself
 
-SPECIAL_HEADERS: dict[bytes, int] = {
+SPECIAL_HEADERS: Final[dict[bytes, int]] = {
     b"host": H_HOST,
     b"content-length": H_CONTENT_LENGTH,
     b"transfer-encoding": H_TRANSFER_ENCODING,
@@ -81,8 +83,8 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-EMPTY_TOKENS: frozenset[bytes] = frozenset()
-_COMMON_TOKENS = {
+EMPTY_TOKENS: Final[frozenset[bytes]] = frozenset()
+_COMMON_TOKENS: Final = {
     b"keep-alive": frozenset({b"keep-alive"}),
     b"close": frozenset({b"close"}),
     b"upgrade": frozenset({b"upgrade"}),

@@ -25,6 +25,7 @@ locating the byte llhttp refused re-parses at most LOCATE_LIMIT (16 KiB) bytes, 
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import httptools
 
@@ -45,7 +46,7 @@ from lbd.http.target import TargetReport, analyze, is_clean, valid_host
 
 # How far `locate_parse_error` re-parses to find the offending byte (a request head is bounded
 # by max_header_bytes + max_uri_bytes anyway; beyond this the offset is reported unknown).
-LOCATE_LIMIT = 16 * 1024
+LOCATE_LIMIT: Final = 16 * 1024
 
 
 class HeadRejected(BadRequest):
@@ -178,7 +179,7 @@ def inspect_target(head: RequestHead) -> TargetReport | None:
 # --- what llhttp refused, by name ---------------------------------------------------------------
 
 # llhttp's error reasons (llhttp 9, `llhttp_get_error_reason`) → (lbd reason, status).
-_PARSER_REASONS: tuple[tuple[str, str, int], ...] = (
+_PARSER_REASONS: Final[tuple[tuple[str, str, int], ...]] = (
     ("Invalid method", "unknown-method", 501),  # also "… for HTTP/x.x request" (RTSP methods)
     ("Expected SOURCE method for ICE", "bad-protocol", 505),
     ("HTTP/2 Connection Preface", "bad-version", 505),
@@ -209,7 +210,7 @@ _PARSER_REASONS: tuple[tuple[str, str, int], ...] = (
 
 # RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT (case-sensitive, but a lower-case
 # spelling is a version problem, not a target problem).
-_VERSION_WORD = re.compile(rb"[A-Za-z]+/\d\.\d\r?$")
+_VERSION_WORD: Final = re.compile(rb"[A-Za-z]+/\d\.\d\r?$")
 
 
 def parser_error(message: str, data: bytes = b"", url: bytes = b"") -> BadRequest:
@@ -265,7 +266,7 @@ def locate_parse_error(data: bytes) -> int:
 
 # RFC 1945 §5.1 Simple-Request = "GET" SP Request-URI CRLF: a request line ending right after
 # its target. A header line cannot look like this: llhttp refuses space before a colon.
-_HTTP09_LINE = re.compile(rb"(?:^|\n)[A-Z][A-Z_\-]* +(\S+)\r?\n$")
+_HTTP09_LINE: Final = re.compile(rb"(?:^|\n)[A-Z][A-Z_\-]* +(\S+)\r?\n$")
 
 
 def is_http09(data: bytes, url: bytes) -> bool:
@@ -277,7 +278,7 @@ def is_http09(data: bytes, url: bytes) -> bool:
 
 # RFC 2326 §6.1 / RFC 7826 §8.1 (RTSP) and the Icecast ICE protocol share HTTP's request-line
 # shape; llhttp reports their version numbers as if they were HTTP's.
-_OTHER_PROTOCOL = re.compile(rb"(?:^|\n)[A-Z][A-Z_\-]* +(\S+) +(RTSP|ICE)/\d\.\d\r?\n")
+_OTHER_PROTOCOL: Final = re.compile(rb"(?:^|\n)[A-Z][A-Z_\-]* +(\S+) +(RTSP|ICE)/\d\.\d\r?\n")
 
 
 def other_protocol(data: bytes, url: bytes) -> bytes | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-_FOLD: Final = (b" ", b"\t")
+_FOLD: Final[tuple[bytes, ...]] = (b" ", b"\t")
 STANDARD_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 NO_LENGTH: Final = -1
 

@@ -28,68 +28,72 @@ the strict reading stops after MAX_DECODE_ROUNDS rounds.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # --- reasons (counted per frontend, shown by `show errors`) -------------------------------------
 
-BAD_CHAR = "target-bad-char"  # a byte RFC 3986 does not allow there
-BAD_PERCENT = "bad-percent-encoding"  # '%' not followed by two hex digits
-DOUBLE_ENCODING = "double-encoding"  # %25 followed by two hex digits in the path (%2561 → %61)
-ENCODED_NUL = "encoded-nul"  # %00
-ENCODED_CONTROL = "encoded-control"  # %01-%1F or %7F in the path
-DOT_SEGMENT = "dot-segment"  # '.' or '..' segment that stays inside the root
-ABOVE_ROOT = "dot-segment-above-root"  # '..' that climbs above '/', in any encoding
-HIDDEN_DOT_SEGMENT = "hidden-dot-segment"  # dot-segment seen only when decoded twice / split on %2F
-BACKSLASH = "backslash"  # raw '\' in the path
-FRAGMENT = "fragment"  # '#…' in the target
-ASTERISK_FORM = "asterisk-form"  # '*' with a method other than OPTIONS
-HOST_MISMATCH = "absolute-form-host-mismatch"  # absolute-form authority ≠ Host header
-USERINFO = "userinfo"  # user@host in an absolute-form target
-BAD_FORM = "bad-target-form"  # neither origin-, absolute- nor asterisk-form
-EMPTY_PATH = "empty-path"  # absolute-form without a path (forwarded as '/')
+BAD_CHAR: Final = "target-bad-char"  # a byte RFC 3986 does not allow there
+BAD_PERCENT: Final = "bad-percent-encoding"  # '%' not followed by two hex digits
+DOUBLE_ENCODING: Final = (
+    "double-encoding"  # %25 followed by two hex digits in the path (%2561 → %61)
+)
+ENCODED_NUL: Final = "encoded-nul"  # %00
+ENCODED_CONTROL: Final = "encoded-control"  # %01-%1F or %7F in the path
+DOT_SEGMENT: Final = "dot-segment"  # '.' or '..' segment that stays inside the root
+ABOVE_ROOT: Final = "dot-segment-above-root"  # '..' that climbs above '/', in any encoding
+HIDDEN_DOT_SEGMENT: Final = (
+    "hidden-dot-segment"  # dot-segment seen only when decoded twice / split on %2F
+)
+BACKSLASH: Final = "backslash"  # raw '\' in the path
+FRAGMENT: Final = "fragment"  # '#…' in the target
+ASTERISK_FORM: Final = "asterisk-form"  # '*' with a method other than OPTIONS
+HOST_MISMATCH: Final = "absolute-form-host-mismatch"  # absolute-form authority ≠ Host header
+USERINFO: Final = "userinfo"  # user@host in an absolute-form target
+BAD_FORM: Final = "bad-target-form"  # neither origin-, absolute- nor asterisk-form
+EMPTY_PATH: Final = "empty-path"  # absolute-form without a path (forwarded as '/')
 
-MAX_DECODE_ROUNDS = 3  # the strict reading decodes %252e → %2e → '.' and one more round
+MAX_DECODE_ROUNDS: Final = 3  # the strict reading decodes %252e → %2e → '.' and one more round
 
 # --- grammar ------------------------------------------------------------------------------------
 
 # RFC 3986 §2.3: unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"
-UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+UNRESERVED: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 # RFC 3986 §2.2: sub-delims = "!" / "$" / "&" / "'" / "(" / ")" / "*" / "+" / "," / ";" / "="
-SUB_DELIMS = b"!$&'()*+,;="
+SUB_DELIMS: Final = b"!$&'()*+,;="
 # RFC 3986 §3.3: pchar = unreserved / pct-encoded / sub-delims / ":" / "@"
 #                path-absolute = "/" [ segment-nz *( "/" segment ) ]
-PATH_CHARS = UNRESERVED + SUB_DELIMS + b":@/"
+PATH_CHARS: Final = UNRESERVED + SUB_DELIMS + b":@/"
 # RFC 3986 §3.4: query = *( pchar / "/" / "?" ). Browsers send `{ } | ^ [ ] \ `` raw in a query
 # (WHATWG's query percent-encode set leaves them), so they are tolerated there, not in a path.
-QUERY_CHARS = PATH_CHARS + b"?{}|^[]\\`"
+QUERY_CHARS: Final = PATH_CHARS + b"?{}|^[]\\`"
 # The fast test deletes these; anything left (including '%') sends the target to `analyze`.
-_CLEAN_CHARS = PATH_CHARS + b"?"
+_CLEAN_CHARS: Final = PATH_CHARS + b"?"
 
 # RFC 3986 §2.1: pct-encoded = "%" HEXDIG HEXDIG
-_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 # What the path scan stops at: anything outside pchar and '/', '%' included.
-_PATH_ODD = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/]")
+_PATH_ODD: Final = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/]")
 # What the query scan stops at: anything outside QUERY_CHARS, '%' included.
-_QUERY_ODD = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?{}|^\[\]\\`]")
+_QUERY_ODD: Final = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?{}|^\[\]\\`]")
 # RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 # RFC 3986 §3: hier-part = "//" authority path-abempty (the only shape absolute-form may take
 # for http and https, RFC 9110 §4.2)
-_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
+_ABSOLUTE: Final = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]
 # RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name
 #                  IP-literal = "[" ( IPv6address / IPvFuture ) "]" (IPvFuture refused)
 #                  reg-name = *( unreserved / pct-encoded / sub-delims )
 # RFC 3986 §3.2.3: port = *DIGIT
-HOST_RE = re.compile(
+HOST_RE: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
 )
 # RFC 3986 §3.3: a dot-segment is "." or ".." (here also in their percent-encoded spellings and
 # with '\' as a separator, for the offset of the first one).
-_DOT_SEGMENT_AT = re.compile(rb"(?:^|[/\\])(?:\.|%2[eE]){1,2}(?=[/\\]|$)")
+_DOT_SEGMENT_AT: Final = re.compile(rb"(?:^|[/\\])(?:\.|%2[eE]){1,2}(?=[/\\]|$)")
 
-_DEFAULT_PORT = {b"http": b"80", b"https": b"443"}
-_UNRESERVED_SET = frozenset(UNRESERVED)
-_HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
+_DEFAULT_PORT: Final = {b"http": b"80", b"https": b"443"}
+_UNRESERVED_SET: Final = frozenset(UNRESERVED)
+_HEXDIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 
 
 class Violation(NamedTuple):
@@ -355,7 +359,7 @@ def _normal_path(path: bytes) -> bytes:
     return bytes(out)
 
 
-_PATH_BYTES = frozenset(PATH_CHARS)
+_PATH_BYTES: Final = frozenset(PATH_CHARS)
 
 
 def _resolve(path: bytes) -> tuple[bytes, bool, int]:

@@ -9,9 +9,10 @@ Content-Length. Every answer lbd gives itself closes the connection and says so
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the non-standard ones proxies must also drop.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -38,7 +39,7 @@ def _status_line(status: int) -> bytes:
 
 
 # Status lines for every code a server may send, built once.
-STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+STATUS_LINES: Final[dict[int, bytes]] = {code: _status_line(code) for code in range(100, 600)}
 
 
 def status_line(status: int) -> bytes:
@@ -46,7 +47,7 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
 
 
-_ERROR_MESSAGES = {
+_ERROR_MESSAGES: Final = {
     400: "Your browser sent an invalid request.",
     403: "Request forbidden by administrative rules.",
     404: "Not found.",
@@ -83,7 +84,7 @@ def _canned(status: int) -> bytes:
 
 # status → full response bytes (head and body). No Date header: error pages are rare and
 # HAProxy's carry none either.
-_CANNED: dict[int, bytes] = {status: _canned(status) for status in _ERROR_MESSAGES}
+_CANNED: Final[dict[int, bytes]] = {status: _canned(status) for status in _ERROR_MESSAGES}
 
 
 def error_response(status: int) -> bytes:
@@ -109,7 +110,7 @@ def simple_response(
     return b"".join(parts)
 
 
-CHUNK_END = b"0\r\n\r\n"
+CHUNK_END: Final = b"0\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:

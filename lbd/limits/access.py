@@ -10,8 +10,9 @@ one dict lookup per connection.
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
-CACHE_SIZE = 4096  # addresses remembered; the cache is simply cleared when full
+CACHE_SIZE: Final = 4096  # addresses remembered; the cache is simply cleared when full
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -25,12 +25,13 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Final
 
 from lbd.stats.counters import FrontendCounters
 
 log = logging.getLogger("lbd.limits")
 
-BACKLOG = 4096  # as bind_socket; uvloop re-listens with its own default (100) otherwise
+BACKLOG: Final = 4096  # as bind_socket; uvloop re-listens with its own default (100) otherwise
 
 
 class PausableServer(asyncio.AbstractServer):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Final
 
 from lbd.config.schema import PerSource
 from lbd.errors import BadRequest
 from lbd.http import wire
 
-MAX_RETRY_AFTER = 3600  # seconds; a bucket slower than one token an hour is a config mistake
+MAX_RETRY_AFTER: Final = 3600  # seconds; a bucket slower than one token an hour is a config mistake
 
 
 class Source:
@@ -110,7 +111,7 @@ class SourceLimiter:
             table.popitem(last=False)
 
 
-_RESPONSES: dict[int, bytes] = {}
+_RESPONSES: Final[dict[int, bytes]] = {}
 
 
 def too_many_requests(retry_after: int) -> bytes:

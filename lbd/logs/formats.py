@@ -31,7 +31,7 @@ import json.encoder
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from lbd.proxy.exchange import Exchange
@@ -43,26 +43,26 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 # Bytes logged as `#XX` (HAProxy's log escaping): controls, space, '"', '#', and non-ASCII, so
 # a line always splits on spaces and the request field always ends at its closing quote.
-_UNSAFE = re.compile(rb'[\x00-\x20"#\x7f-\xff]')
+_UNSAFE: Final = re.compile(rb'[\x00-\x20"#\x7f-\xff]')
 
 # A query parameter name worth keeping: short, ASCII, at least one letter (`123456=x` is
 # likely an identifier used as a name). Everything else is masked. The lookahead checks for the
 # letter and the possessive `{1,64}+` never gives characters back: a query the client chose
 # cannot make these patterns backtrack across parameters (`(a*a*=)*` style blow-ups).
-_NAME = rb"(?=[^=&]*[A-Za-z])[\w.\-\[\]%]{1,64}+"
-_PARAM_NAME = re.compile(_NAME)
+_NAME: Final = rb"(?=[^=&]*[A-Za-z])[\w.\-\[\]%]{1,64}+"
+_PARAM_NAME: Final = re.compile(_NAME)
 # Fast path: every value replaced at C speed, then one check that what is left is only names.
-_VALUE = re.compile(rb"=[^&]+")
-_PARAM = rb"(?>%s=(?:\*\*\*)?)" % _NAME
-_ONLY_NAMES = re.compile(rb"%s?(?:&%s?)*+" % (_PARAM, _PARAM))
-MASK = "***"
-MAX_PARAMS = 32  # parameters spelled out; the rest of a longer query becomes one `***`
+_VALUE: Final = re.compile(rb"=[^&]+")
+_PARAM: Final = rb"(?>%s=(?:\*\*\*)?)" % _NAME
+_ONLY_NAMES: Final = re.compile(rb"%s?(?:&%s?)*+" % (_PARAM, _PARAM))
+MASK: Final = "***"
+MAX_PARAMS: Final = 32  # parameters spelled out; the rest of a longer query becomes one `***`
 
 # The usual methods and versions, decoded once (anything else goes through escape()).
-_WORDS = {w: w.decode() for w in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS",
+_WORDS: Final = {w: w.decode() for w in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS",
                                    b"PATCH", b"1.1", b"1.0")}  # fmt: skip
 
-_NOSRV = "<NOSRV>"
+_NOSRV: Final = "<NOSRV>"
 
 
 class DateCache:

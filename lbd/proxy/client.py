@@ -25,7 +25,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -72,34 +72,34 @@ log = logging.getLogger("lbd.proxy")
 
 
 # Why reading is paused (bit flags; reading resumes when none is set).
-PAUSE_UPSTREAM = 1  # the server connection's write buffer is full
-PAUSE_CONNECT = 2  # still connecting and the buffered body is large
-PAUSE_QUEUE = 4  # too many pipelined requests waiting
-PAUSE_ERROR = 8  # a framing error: nothing more will be read
+PAUSE_UPSTREAM: Final = 1  # the server connection's write buffer is full
+PAUSE_CONNECT: Final = 2  # still connecting and the buffered body is large
+PAUSE_QUEUE: Final = 4  # too many pipelined requests waiting
+PAUSE_ERROR: Final = 8  # a framing error: nothing more will be read
 
-MAX_PIPELINE = 32
+MAX_PIPELINE: Final = 32
 
 # Minimum request-body rate while lbd reads it: Apache mod_reqtimeout's default MinRate (500
 # bytes/s), judged over windows of min(BODY_RATE_WINDOW, timeouts.client). nginx and HAProxy
 # only bound the time between two reads (client_body_timeout, timeout client).
-BODY_MIN_RATE = 500
-BODY_RATE_WINDOW = 10.0
+BODY_MIN_RATE: Final = 500
+BODY_RATE_WINDOW: Final = 10.0
 
 # A keep-alive connection idle this long drops its request parser (~1 KB with the callbacks it
 # binds) and builds a fresh one when the next request arrives: 25,000 idle browser connections
 # then cost ~25 MB less, while back-to-back requests never pay for a new parser.
-IDLE_TRIM_AFTER = 1.0
+IDLE_TRIM_AFTER: Final = 1.0
 
 # A connection over its source's max_connections has this long (at most timeouts.http_request)
 # to send the request that gets its 429; silent, it is closed: a source cannot hold more
 # connections than its limit plus what it opens in this grace.
-REFUSE_GRACE = 1.0
+REFUSE_GRACE: Final = 1.0
 
 # Connection phases, for choosing the timeout that applies.
-IDLE = 0  # between requests: timeouts.keep_alive, closed silently
-HEADERS = 1  # reading a request head: timeouts.http_request → 408
-BODY = 2  # reading a request body: timeouts.client
-WAIT = 3  # request read, the server is working: only the server timeout applies
+IDLE: Final = 0  # between requests: timeouts.keep_alive, closed silently
+HEADERS: Final = 1  # reading a request head: timeouts.http_request → 408
+BODY: Final = 2  # reading a request body: timeouts.client
+WAIT: Final = 3  # request read, the server is working: only the server timeout applies
 
 
 class ClientConnection(asyncio.Protocol):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from lbd.health import passive
 from lbd.http import wire
@@ -43,14 +43,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbd.proxy")
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this a failure is final
-CONNECT_BUFFER_LIMIT = 256 * 1024  # request body buffered while connecting before pausing
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_LIMIT: Final = 64 * 1024  # request bytes kept for a retry; beyond this a failure is final
+CONNECT_BUFFER_LIMIT: Final = 256 * 1024  # request body buffered while connecting before pausing
 
 # Request headers never forwarded: hop-by-hop ones, and those lbd rewrites itself.
-DROP_REQUEST = wire.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-_STANDARD_TOKENS = STANDARD_TOKENS
-_RETRY_STATUSES = frozenset({502, 503, 504})
+DROP_REQUEST: Final = wire.HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+_STANDARD_TOKENS: Final = STANDARD_TOKENS
+_RETRY_STATUSES: Final = frozenset({502, 503, 504})
 
 
 def request_head_bytes(

@@ -22,12 +22,13 @@ import asyncio
 import heapq
 import weakref
 from collections.abc import Callable
+from typing import Final
 
-RESOLUTION = 0.05  # seconds per slot
+RESOLUTION: Final = 0.05  # seconds per slot
 # A loop timer may wake a little before the instant it was set for (millisecond rounding): a
 # slot counts as due this close to its start, and what it holds that is not yet due is re-filed
 # in a *later* slot, never the one being emptied (that would spin forever).
-_EARLY = 0.002  # seconds
+_EARLY: Final = 0.002  # seconds
 
 
 class TimerWheel:
@@ -126,7 +127,7 @@ def wheel_of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
     return wheel
 
 
-_NOT_FILED = float("inf")
+_NOT_FILED: Final = float("inf")
 
 
 class Deadline:

@@ -12,14 +12,14 @@ here and one write on the client leg.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from lbd.proxy.timer import Deadline
 
 # A response head larger than this is refused with 502 (HAProxy's limit is its 16 KiB buffer).
-MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_BYTES: Final = 64 * 1024
 
 if TYPE_CHECKING:
     from lbd.proxy.connpool import ConnPool

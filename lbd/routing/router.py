@@ -8,13 +8,14 @@ through to the next rule; every other action ends the walk. Actions that answer 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from lbd.config.schema import Frontend, Rule
 from lbd.http import wire
 from lbd.http.head import RequestHead
 from lbd.routing.matchers import IPAddress, Predicate, compile_matcher
 
-OTHER_MODULE = "other"
+OTHER_MODULE: Final = "other"
 
 
 @dataclass(frozen=True, slots=True)

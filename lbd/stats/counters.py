@@ -14,7 +14,7 @@ from typing import Final
 CLASS_LABELS = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 # Latency bucket upper bounds in seconds, suited to an EHR: 1 ms … 30 s.
-LATENCY_BUCKETS: Final = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (  # variable length: mypyc boxes a fixed one per use
     0.001,
     0.0025,
     0.005,
