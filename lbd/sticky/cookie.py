@@ -15,27 +15,28 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 # HAProxy's log letters (3rd and 4th characters of the termination state).
 # Client side: what the request's cookie said.
-CK_NONE = "N"  # no persistence cookie
-CK_INVALID = "I"  # names no known server (forged, garbage, or a removed server)
-CK_DOWN = "D"  # names a server that is DOWN or in MAINT: redispatched
-CK_VALID = "V"  # names a usable server: sent there
-CK_EXPIRED = "E"  # last-seen date older than maxidle: ignored
-CK_OLD = "O"  # first-seen date older than maxlife: ignored
+CK_NONE: Final = "N"  # no persistence cookie
+CK_INVALID: Final = "I"  # names no known server (forged, garbage, or a removed server)
+CK_DOWN: Final = "D"  # names a server that is DOWN or in MAINT: redispatched
+CK_VALID: Final = "V"  # names a usable server: sent there
+CK_EXPIRED: Final = "E"  # last-seen date older than maxidle: ignored
+CK_OLD: Final = "O"  # first-seen date older than maxlife: ignored
 # Server side: what lbd did to the response's cookie.
-SRV_NONE = "N"  # none set by the server, none inserted
-SRV_INSERTED = "I"  # lbd inserted one
-SRV_UPDATED = "U"  # lbd refreshed the dates of a valid one
-SRV_PROVIDED = "P"  # the server set it and it went out as is (preserve)
-SRV_REWRITTEN = "R"  # the server set it and lbd rewrote it (rewrite, prefix)
-SRV_DELETED = "D"  # the server set it and lbd removed it
+SRV_NONE: Final = "N"  # none set by the server, none inserted
+SRV_INSERTED: Final = "I"  # lbd inserted one
+SRV_UPDATED: Final = "U"  # lbd refreshed the dates of a valid one
+SRV_PROVIDED: Final = "P"  # the server set it and it went out as is (preserve)
+SRV_REWRITTEN: Final = "R"  # the server set it and lbd rewrote it (rewrite, prefix)
+SRV_DELETED: Final = "D"  # the server set it and lbd removed it
 
-DATE_SEP = b"|"
-PREFIX_SEP = b"~"
+DATE_SEP: Final = b"|"
+PREFIX_SEP: Final = b"~"
 # A date more than this far in the future is a forgery or a clock jump (HAProxy uses one day).
-FUTURE_SLACK = 86400
+FUTURE_SLACK: Final = 86400
 
 
 def opaque_value(backend: str, server: str) -> bytes:
@@ -89,9 +90,9 @@ def find(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 
 # What `take` does to the persistence cookie on its way to the server.
-KEEP = 0  # forwarded as is (insert without indirect, rewrite)
-REMOVE = 1  # removed (insert + indirect)
-UNPREFIX = 2  # `name=SERVER~APP` becomes `name=APP` (prefix)
+KEEP: Final = 0  # forwarded as is (insert without indirect, rewrite)
+REMOVE: Final = 1  # removed (insert + indirect)
+UNPREFIX: Final = 2  # `name=SERVER~APP` becomes `name=APP` (prefix)
 
 
 def take(
