@@ -6,8 +6,9 @@ Rules:
   sources run unmodified as plain Python: `LBD_PURE_PYTHON=1 pip install -e .` builds nothing.
 - A module belongs here when it runs per request or per connection and compiles with no change
   in behaviour. Compiled code differs from Python in ways mypy does not flag: a compiled class
-  admits no Python subclass (so lbd/state.py, lbd/health/ and lbd/errors.py, subclassed
-  elsewhere, stay out), keeps no `__slots__` (lbd/stats/aggregate.py reads attribute
+  admits no Python subclass (so lbd/health/ and lbd/errors.py, subclassed elsewhere, stay
+  out; a test that needs a subclass of ServerState runs on the sources in a subprocess, see
+  tests/source_only.py), keeps no `__slots__` (lbd/stats/aggregate.py reads attribute
   descriptors), cannot be weakly referenced (so lbd/logs/access.py stays out), ignores
   `Cls.__init__(obj)` on an existing object, and boxes a fixed-length tuple anew each time it
   is stored (compare tuples with ==, never `is`).
@@ -28,6 +29,7 @@ from setuptools import setup
 
 HOT_MODULES = [
     "lbd/runtime.py",
+    "lbd/state.py",
     "lbd/proxy/client.py",
     "lbd/proxy/exchange.py",
     "lbd/proxy/upstream.py",

@@ -27,18 +27,15 @@ from lbd.balancing.random_draws import RandomDraws
 from lbd.balancing.roundrobin import RoundRobin
 from lbd.balancing.staticrr import StaticRoundRobin
 from lbd.config.schema import Address, Server
+from lbd.proxy.connpool import idle_pool
 from lbd.state import ServerState
-
-
-class _Pool:
-    """Stands in for ConnPool: the balancers never touch it."""
 
 
 def farm(n: int) -> list[ServerState]:
     out = []
     for i in range(n):
         cfg = Server(name=f"srv{i}", address=Address("10.0.0.1", 10_000 + i), weight=1 + i % 3)
-        out.append(ServerState("bench", cfg, _Pool()))  # type: ignore[arg-type]
+        out.append(ServerState("bench", cfg, idle_pool(cfg.address)))
     return out
 
 

@@ -6,7 +6,7 @@ raise and leave every field exactly as it was.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -14,6 +14,7 @@ from lbd.config.schema import Address, Observe, Server
 from lbd.health import passive
 from lbd.health.passive import Observer
 from lbd.health.state import CheckResult, HealthState, IllegalTransition, Op
+from lbd.proxy.connpool import idle_pool
 from lbd.state import ServerState
 
 
@@ -64,7 +65,7 @@ def snapshot(h: HealthState) -> dict[str, Any]:
 
 def server_state(name: str = "s1") -> ServerState:
     config = Server(name=name, address=Address("127.0.0.1", 1))
-    return ServerState("app", config, cast(Any, None))  # no pool: never connects here
+    return ServerState("app", config, idle_pool(config.address))  # never connects here
 
 
 # --- rise / fall sequences ---------------------------------------------------------------------

@@ -6,16 +6,13 @@ import asyncio
 
 from lbd.balancing.slowstart import STEPS, SlowStarts
 from lbd.config.schema import Address, Server
+from lbd.proxy.connpool import idle_pool
 from lbd.state import ServerState
-
-
-class _Pool:
-    pass
 
 
 def _server(weight: int, slowstart: float) -> ServerState:
     cfg = Server(name="s1", address=Address("127.0.0.1", 1), weight=weight, slowstart=slowstart)
-    return ServerState("app", cfg, _Pool())  # type: ignore[arg-type]
+    return ServerState("app", cfg, idle_pool(cfg.address))
 
 
 async def test_weight_ramps_linearly_to_target_and_notifies_each_step() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import cast
 
 from lbd.config.schema import Address
 from lbd.proxy.upstream import UpstreamConnection
@@ -90,3 +91,9 @@ class ConnPool:
     @property
     def idle_count(self) -> int:
         return len(self._idle)
+
+
+def idle_pool(address: Address) -> ConnPool:
+    """A pool that never connects (no event loop): for ServerStates built outside a runtime,
+    by the balancer benches and tests."""
+    return ConnPool(cast(asyncio.AbstractEventLoop, None), address, 0, 0.0)
