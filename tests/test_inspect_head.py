@@ -10,7 +10,7 @@ import httptools
 import pytest
 
 from lbd.errors import BadRequest, NotImplementedMethod, VersionNotSupported
-from lbd.http.head import RequestHead
+from lbd.http.head import SPECIAL_HEADERS, SPECIAL_KEYS, RequestHead, special_key
 from lbd.http.inspect import (
     classify,
     inspect_target,
@@ -358,3 +358,18 @@ def test_every_dropped_request_header_marks_the_head(name: bytes) -> None:
     assert lines.count(name) == (
         1 if name.startswith(b"x-forwarded-") or name == b"transfer-encoding" else 0
     )
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL_HEADERS))
+def test_the_special_header_prefilter_lets_every_spelling_through(name: bytes) -> None:
+    for spelling in (name, name.upper(), name.title()):
+        assert SPECIAL_KEYS[special_key(spelling)] == 1, spelling
+    head = _head(b"GET", b"1.1", (b"Host", b"a"), (b"X-Forwarded-Host".upper(), b"evil"))
+    classify(head)
+    assert head.needs_filter is True
+
+
+def test_the_special_header_prefilter_skips_common_names() -> None:
+    common = (b"User-Agent", b"Accept", b"Accept-Encoding", b"Cookie", b"Cache-Control")
+    assert [SPECIAL_KEYS[special_key(n)] for n in common] == [0, 0, 0, 0, 0]
+    assert special_key(b"x" * 300) == 0 and SPECIAL_KEYS[0] == 0

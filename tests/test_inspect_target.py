@@ -5,12 +5,22 @@ checked idempotent with hypothesis, and its output is checked clean (no violatio
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lbd.http import target as t
-from lbd.http.target import analyze, is_clean, normalize, same_authority, valid_host
+from lbd.http.target import (
+    PATH_CHARS,
+    UNRESERVED,
+    analyze,
+    is_clean,
+    normalize,
+    same_authority,
+    valid_host,
+)
 
 # target → (reasons, routing path, normalized target or None)
 CASES: list[tuple[bytes, tuple[str, ...], bytes, bytes | None]] = [
@@ -131,6 +141,51 @@ def test_is_clean_is_exactly_the_common_case() -> None:
         assert not is_clean(target), target
     assert not is_clean(b"/.well-known/x")  # slow path, no violation
     assert analyze(b"GET", b"/.well-known/x", None).violations == []
+
+
+def _clean_by_definition(target: bytes) -> bool:
+    """is_clean's specification in plain bytes operations (what it was before the regex)."""
+    allowed = PATH_CHARS + b"?"
+    return (
+        target[:1] == b"/"
+        and not target.translate(None, allowed)
+        and b"/." not in target
+        and b"//" not in target
+    )
+
+
+def test_is_clean_matches_its_definition_on_random_targets() -> None:
+    rng = random.Random(7)
+    alphabet = b"/.?a-%_~:@!$&'()*+,;=#\\ Z9{"
+    for _ in range(20_000):
+        target = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+        assert is_clean(target) is _clean_by_definition(target), target
+    for target in (b"/", b"/a/", b"/a.b/c.d", b"/a/.", b"/a//", b"/?x=/.", b"/a?b=c/d", b""):
+        assert is_clean(target) is _clean_by_definition(target), target
+
+
+def _host_by_definition(host: bytes) -> bool | None:
+    """valid_host's old fast path: True when it accepted without the regex, else None."""
+    if not host.translate(None, UNRESERVED):
+        return True
+    colon = host.rfind(b":")
+    if colon >= 0 and host[:1] != b"[":
+        port = host[colon + 1 :]
+        if port and not port.isdigit():
+            return False
+        if not host[:colon].translate(None, UNRESERVED):
+            return True
+    return None
+
+
+def test_valid_host_fast_path_agrees_on_random_hosts() -> None:
+    rng = random.Random(11)
+    alphabet = b"a.-Z9:[]@/ _~%"
+    for _ in range(20_000):
+        host = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 10)))
+        expected = _host_by_definition(host)
+        if expected is not None:
+            assert valid_host(host) is expected, host
 
 
 @pytest.mark.parametrize(

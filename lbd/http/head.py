@@ -40,6 +40,25 @@ SPECIAL_HEADERS: Final[dict[bytes, int]] = {
 # rebuilt head drops (exchange.request_head_bytes), and marks the head `needs_filter`.
 
 
+def special_key(name: bytes) -> int:
+    """A cheap pre-filter for SPECIAL_HEADERS: the name's length and its first letter in lower
+    case. Names whose key is not in SPECIAL_KEYS (User-Agent, Accept, Cookie…) cannot be
+    special, and skip the lower() and the dict lookup."""
+    n = len(name)
+    return ((name[0] | 0x20) << 8) | n if 0 < n < 256 else 0
+
+
+def _special_keys() -> bytes:
+    table = bytearray(1 << 16)
+    for name in SPECIAL_HEADERS:
+        table[special_key(name)] = 1
+    return bytes(table)
+
+
+# Indexed by special_key(): 1 where a special name has that key.
+SPECIAL_KEYS: Final = _special_keys()
+
+
 class RequestHead:
     """Plain slots class: built once per request, so no dataclass machinery."""
 

@@ -38,8 +38,10 @@ from lbd.http.head import (
     H_UPGRADE,
     H_XFF,
     SPECIAL_HEADERS,
+    SPECIAL_KEYS,
     RequestHead,
     parse_connection_tokens,
+    special_key,
     split_target,
 )
 from lbd.http.target import TargetReport, analyze, is_clean, valid_host
@@ -84,8 +86,11 @@ def classify(head: RequestHead, allowed_methods: frozenset[bytes] | None = None)
     connection: bytes | None = None
     upgrade: bytes | None = None
     size = 0
+    maybe_special = SPECIAL_KEYS
     for name, value in head.headers:
         size += len(name) + len(value) + 4
+        if not maybe_special[special_key(name)]:
+            continue
         code = special.get(name.lower())
         if code is None:
             continue

@@ -14,16 +14,16 @@ from typing import Final
 _FOLD: Final[tuple[bytes, ...]] = (b" ", b"\t")
 STANDARD_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 NO_LENGTH: Final = -1
+_LONGEST: Final = len(b"proxy-authorization:")  # the longest name compared, with its colon
 
 
 def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
     """(lines, length, chunked) for `raw`, a head with its status line first and ending in
     CRLF CRLF: its header lines to send on, each ending in CRLF, without the status line, the
     final empty line or any hop-by-hop line; the Content-Length or NO_LENGTH; whether the body
-    is chunked. One lower() and one split() for the whole head; per line only the first byte
-    and, for the few names that start like a hop-by-hop one, a prefix compare (mypyc compiles
-    both to C: no method call per header)."""
-    lowered = raw.lower()  # same length as raw: offsets below hold in both
+    is chunked. One split() for the whole head; per line the first byte, and only for the
+    lines whose name starts like a hop-by-hop one or Content-Length, a lower() of the name's
+    width and prefix compares (mypyc compiles the rest to C)."""
     length = NO_LENGTH
     chunked = False
     named: set[bytes] | None = None
@@ -31,7 +31,7 @@ def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
     pos = 0
     body_start = -1
     dropping = False
-    for line in lowered.split(b"\r\n"):
+    for line in raw.split(b"\r\n"):
         start = pos
         pos += len(line) + 2
         if body_start < 0:
@@ -42,35 +42,40 @@ def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
         c = line[0]
         if c == 32 or c == 9:  # obs-fold: a continuation of the line before (RFC 9112 §5.2)
             if dropping:
-                cuts += (start, pos)
+                cuts.append(start)
+                cuts.append(pos)
             continue
         dropping = False
-        if c == 99:  # c
-            if line.startswith(b"content-length:"):
-                length = int(line[15:])  # llhttp already refused a bad or conflicting one
-            elif line.startswith(b"connection:"):
-                dropping = True
-                tokens = _extra_tokens(line[11:])
-                if tokens is not None:
-                    named = tokens if named is None else named | tokens
-        elif c == 116:  # t
-            if line.startswith(b"transfer-encoding:"):
-                dropping = True
-                chunked = line.rstrip().endswith(b"chunked")
-            elif line.startswith(b"te:") or line.startswith(b"trailer:"):
-                dropping = True
-        elif c == 107:  # k
-            dropping = line.startswith(b"keep-alive:")
-        elif c == 112:  # p
-            dropping = (
-                line.startswith(b"proxy-connection:")
-                or line.startswith(b"proxy-authenticate:")
-                or line.startswith(b"proxy-authorization:")
-            )
-        elif c == 117:  # u
-            dropping = line.startswith(b"upgrade:")
-        if dropping:
-            cuts += (start, pos)
+        c |= 0x20  # ASCII lower case
+        if c == 99 or c == 116 or c == 107 or c == 112 or c == 117:  # c t k p u
+            name = line[:_LONGEST].lower()
+            if c == 99:
+                if name.startswith(b"content-length:"):
+                    length = int(line[15:])  # llhttp already refused a bad or conflicting one
+                elif name.startswith(b"connection:"):
+                    dropping = True
+                    tokens = _extra_tokens(line[11:].lower())
+                    if tokens is not None:
+                        named = tokens if named is None else named | tokens
+            elif c == 116:
+                if name.startswith(b"transfer-encoding:"):
+                    dropping = True
+                    chunked = line.rstrip().lower().endswith(b"chunked")
+                elif name.startswith(b"te:") or name.startswith(b"trailer:"):
+                    dropping = True
+            elif c == 107:
+                dropping = name.startswith(b"keep-alive:")
+            elif c == 112:
+                dropping = (
+                    name.startswith(b"proxy-connection:")
+                    or name.startswith(b"proxy-authenticate:")
+                    or name.startswith(b"proxy-authorization:")
+                )
+            else:
+                dropping = name.startswith(b"upgrade:")
+            if dropping:
+                cuts.append(start)
+                cuts.append(pos)
     end = len(raw) - 2
     if not cuts:
         lines = raw[body_start:end]
