@@ -10,7 +10,13 @@ import httptools
 import pytest
 
 from lbd.errors import BadRequest, NotImplementedMethod, VersionNotSupported
-from lbd.http.head import SPECIAL_HEADERS, SPECIAL_KEYS, RequestHead, special_key
+from lbd.http.head import (
+    SPECIAL_HEADERS,
+    SPECIAL_KEYS,
+    RequestHead,
+    request_line_version,
+    special_key,
+)
 from lbd.http.inspect import (
     classify,
     inspect_target,
@@ -373,3 +379,20 @@ def test_the_special_header_prefilter_skips_common_names() -> None:
     common = (b"User-Agent", b"Accept", b"Accept-Encoding", b"Cookie", b"Cache-Control")
     assert [SPECIAL_KEYS[special_key(n)] for n in common] == [0, 0, 0, 0, 0]
     assert special_key(b"x" * 300) == 0 and SPECIAL_KEYS[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "version"),
+    [
+        (b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n", b"1.1"),
+        (b"GET /a?b=1 HTTP/1.0\r\n\r\n", b"1.0"),
+        (b"GET /a?b=1 HTTP/1.2\r\n\r\n", None),  # the parser decides
+        (b"GET /a?b=1 HTTP/1.1\n\r\n", None),  # bare LF: the parser decides
+        (b"GET /a?b=1 RTSP/1.0\r\n\r\n", None),
+        (b"\r\nGET /a?b=1 HTTP/1.1\r\n\r\n", None),  # not at the start: the parser decides
+        (b"GET /a?b=2 HTTP/1.1\r\n\r\n", None),  # another target
+        (b"GET /a?b=1 HTTP/1.", None),  # cut short
+    ],
+)
+def test_request_line_version(data: bytes, version: bytes | None) -> None:
+    assert request_line_version(data, b"GET", b"/a?b=1") == version

@@ -122,3 +122,24 @@ async def test_hop_by_hop_response_headers_are_removed(harness: Harness) -> None
             ("Content-Length", "2"),
         ]
     assert backend.accepted == 1
+
+
+async def test_a_head_with_nothing_to_drop_goes_byte_for_byte(harness: Harness) -> None:
+    backend = await harness.raw_backend(fixed(response(200, b"ok")))
+    lbd = await harness.lbd([backend.port])
+    client = await harness.connect(lbd.port)
+    head = b"GET /p?x=1 HTTP/1.1\r\nHost: ehr.test\r\nX-A:\tb \r\nuser-agent: e2e\r\n"
+    # Alone in its read (raw), then two pipelined in one read (the second is rebuilt).
+    await client.send(head + b"\r\n")
+    assert (await client.read_response()).body == b"ok"
+    await client.send(head + b"\r\n" + head + b"\r\n")
+    for _ in range(2):
+        assert (await client.read_response()).body == b"ok"
+    xff = b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+    lbd_lines = xff + b"X-Forwarded-Host: ehr.test\r\n\r\n"
+    received = backend.received()
+    assert received.startswith(head + lbd_lines)
+    assert received.count(b"GET /p?x=1 HTTP/1.1\r\n") == 3
+    rebuilt = backend.requests[1:]
+    assert [m.values("x-a") for m in rebuilt] == [["b"], ["b"]]  # value the same, OWS aside
+    assert all(m.values("x-forwarded-for") == ["127.0.0.1"] for m in backend.requests)

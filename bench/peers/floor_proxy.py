@@ -23,15 +23,6 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def add_header(head: list[bytes], name: bytes, value: bytes) -> bool:
-    """Append the header line unless it is hop-by-hop; True for Transfer-Encoding."""
-    lower = name.lower()
-    if lower in HOP_BY_HOP:
-        return False
-    head.append(b"%s: %s\r\n" % (name, value))
-    return lower == b"transfer-encoding"
-
-
 class Upstream(asyncio.Protocol):
     """The server leg: parses responses and writes them to the client."""
 
@@ -61,8 +52,13 @@ class Upstream(asyncio.Protocol):
         self.chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if add_header(self.head, name, value):
+        # Inline in both legs on purpose: a shared helper costs a Python call per header.
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            return
+        if lower == b"transfer-encoding":
             self.chunked = True
+        self.head.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         if self.client.closing:
@@ -138,8 +134,13 @@ class Client(asyncio.Protocol):
         self.chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if add_header(self.head, name, value):
+        # Inline in both legs on purpose: a shared helper costs a Python call per header.
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            return
+        if lower == b"transfer-encoding":
             self.chunked = True
+        self.head.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         method = self.parser.get_method()

@@ -73,6 +73,7 @@ class RequestHead:
         "needs_filter",
         "path",
         "query",
+        "raw",
         "target",
         "upgrade",
         "version",
@@ -96,6 +97,11 @@ class RequestHead:
         self.connection_tokens: frozenset[bytes] = EMPTY_TOKENS
         self.xff: bytes | None = None  # existing X-Forwarded-For value(s), comma-joined
         self.needs_filter = False  # has a header the rebuilt head drops (set by classify)
+        # The request line and header lines as received (each ending in CRLF), when an HTTP/1.1
+        # head arrived whole at the start of a read with a target that stays as it is: then
+        # the server gets these bytes plus lbd's X-Forwarded-* lines instead of a rebuilt head.
+        # Whatever edits the method, target or headers afterwards must set it back to None.
+        self.raw: bytes | None = None
 
     @property
     def has_body(self) -> bool:
@@ -108,6 +114,22 @@ _COMMON_TOKENS: Final = {
     b"close": frozenset({b"close"}),
     b"upgrade": frozenset({b"upgrade"}),
 }
+
+
+def request_line_version(data: bytes, method: bytes, target: bytes) -> bytes | None:
+    """b"1.1" or b"1.0" when `data` starts with exactly `METHOD SP target SP HTTP/1.x CRLF`,
+    else None (the caller then asks the parser). httptools formats its version string anew per
+    call (str.format), which costs more than these few compares of bytes already in memory."""
+    m = len(method)
+    at = m + len(target) + 2
+    if data[at : at + 7] != b"HTTP/1." or data[at + 8 : at + 10] != b"\r\n":
+        return None
+    if data[:m] != method or data[m : m + 1] != b" " or data[m + 1 : at - 1] != target:
+        return None
+    minor = data[at + 7 : at + 8]
+    if minor == b"1":
+        return b"1.1"
+    return b"1.0" if minor == b"0" else None
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:

@@ -14,16 +14,15 @@ from typing import Final
 _FOLD: Final[tuple[bytes, ...]] = (b" ", b"\t")
 STANDARD_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 NO_LENGTH: Final = -1
-_LONGEST: Final = len(b"proxy-authorization:")  # the longest name compared, with its colon
 
 
 def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
     """(lines, length, chunked) for `raw`, a head with its status line first and ending in
     CRLF CRLF: its header lines to send on, each ending in CRLF, without the status line, the
     final empty line or any hop-by-hop line; the Content-Length or NO_LENGTH; whether the body
-    is chunked. One split() for the whole head; per line the first byte, and only for the
-    lines whose name starts like a hop-by-hop one or Content-Length, a lower() of the name's
-    width and prefix compares (mypyc compiles the rest to C)."""
+    is chunked. One split() for the whole head; per line its first byte, and for the few
+    lines whose name could be a hop-by-hop one or Content-Length, byte compares (compiled to C
+    by mypyc: a lower() or find() would be a method call per line)."""
     length = NO_LENGTH
     chunked = False
     named: set[bytes] | None = None
@@ -47,35 +46,35 @@ def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
             continue
         dropping = False
         c |= 0x20  # ASCII lower case
-        if c == 99 or c == 116 or c == 107 or c == 112 or c == 117:  # c t k p u
-            name = line[:_LONGEST].lower()
-            if c == 99:
-                if name.startswith(b"content-length:"):
-                    length = int(line[15:])  # llhttp already refused a bad or conflicting one
-                elif name.startswith(b"connection:"):
-                    dropping = True
-                    tokens = _extra_tokens(line[11:].lower())
-                    if tokens is not None:
-                        named = tokens if named is None else named | tokens
-            elif c == 116:
-                if name.startswith(b"transfer-encoding:"):
-                    dropping = True
-                    chunked = line.rstrip().lower().endswith(b"chunked")
-                elif name.startswith(b"te:") or name.startswith(b"trailer:"):
-                    dropping = True
-            elif c == 107:
-                dropping = name.startswith(b"keep-alive:")
-            elif c == 112:
-                dropping = (
-                    name.startswith(b"proxy-connection:")
-                    or name.startswith(b"proxy-authenticate:")
-                    or name.startswith(b"proxy-authorization:")
-                )
+        if c == 99:  # c
+            if _is_name(line, b"content-length:", b"Content-Length:"):
+                length = int(line[15:])  # llhttp already refused a bad or conflicting one
+            elif _is_name(line, b"connection:", b"Connection:"):
+                dropping = True
+                tokens = _extra_tokens(line[11:])
+                if tokens is not None:
+                    named = tokens if named is None else named | tokens
+        elif c == 116:  # t
+            if _is_name(line, b"transfer-encoding:", b"Transfer-Encoding:"):
+                dropping = True
+                chunked = line.rstrip().lower().endswith(b"chunked")
             else:
-                dropping = name.startswith(b"upgrade:")
-            if dropping:
-                cuts.append(start)
-                cuts.append(pos)
+                dropping = _is_name(line, b"te:", b"TE:") or _is_name(
+                    line, b"trailer:", b"Trailer:"
+                )
+        elif c == 107:  # k
+            dropping = _is_name(line, b"keep-alive:", b"Keep-Alive:")
+        elif c == 112:  # p
+            dropping = (
+                _is_name(line, b"proxy-connection:", b"Proxy-Connection:")
+                or _is_name(line, b"proxy-authenticate:", b"Proxy-Authenticate:")
+                or _is_name(line, b"proxy-authorization:", b"Proxy-Authorization:")
+            )
+        elif c == 117:  # u
+            dropping = _is_name(line, b"upgrade:", b"Upgrade:")
+        if dropping:
+            cuts.append(start)
+            cuts.append(pos)
     end = len(raw) - 2
     if not cuts:
         lines = raw[body_start:end]
@@ -93,9 +92,20 @@ def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
     return lines, length, chunked
 
 
+def _is_name(line: bytes, lowered: bytes, usual: bytes) -> bool:
+    """Does `line` start with the header name `lowered` (with its colon), in any case? The
+    colon's place and the usual spelling are checked first, without a method call."""
+    n = len(lowered)
+    if len(line) < n or line[n - 1] != 58:  # ':'
+        return False
+    return line.startswith(usual) or line.startswith(lowered) or line[:n].lower() == lowered
+
+
 def _extra_tokens(value: bytes) -> set[bytes] | None:
-    """The names a Connection value lists beyond close/keep-alive/upgrade (lowercased value)."""
-    value = value.strip()
+    """The names a Connection value lists beyond close/keep-alive/upgrade."""
+    if value == b" keep-alive" or value == b" close":
+        return None  # what servers send: no strip(), no lower()
+    value = value.strip().lower()
     if value in STANDARD_TOKENS:
         return None
     tokens = {t.strip() for t in value.split(b",")} - STANDARD_TOKENS

@@ -38,7 +38,7 @@ from lbd.errors import (
     VersionNotSupported,
 )
 from lbd.http import wire
-from lbd.http.head import RequestHead
+from lbd.http.head import RequestHead, request_line_version
 from lbd.http.inspect import (
     HeadRejected,
     TargetRejected,
@@ -442,7 +442,14 @@ class ClientConnection(asyncio.Protocol):
             return
         p = self._parser
         assert p is not None  # its own callback
-        head = RequestHead(p.get_method(), self._url, p.get_http_version().encode(), self._headers)
+        method = p.get_method()
+        version = None
+        if self._message_at_start and self._url_chunk is self._data:
+            version = request_line_version(self._data, method, self._url)
+        from_line = version is not None
+        if version is None:
+            version = p.get_http_version().encode()
+        head = RequestHead(method, self._url, version, self._headers)
         self._head = head
         fe = self._fe
         limits = fe.limits
@@ -458,6 +465,12 @@ class ClientConnection(asyncio.Protocol):
         report = inspect_target(head)
         if report is not None:
             self._apply_url_policy(head, report)
+        elif from_line and version == b"1.1":
+            # The whole head is in this read, from its first byte: keep it to forward as is.
+            data = self._data
+            end = data.find(b"\r\n\r\n")
+            if end > 0:
+                head.raw = data[: end + 2]
         if fe.limiter is not None:
             self._check_source(fe)
         max_body = limits.max_body_bytes

@@ -67,7 +67,18 @@ def request_head_bytes(
     """The head sent to the server: hop-by-hop headers removed, X-Forwarded-* set. The server
     leg is always HTTP/1.1, which requires Host (RFC 9112 §3.2): an HTTP/1.0 request without one
     gets `default_host` (the backend's name, as nginx sends its upstream's name). `headers`
-    replaces the client's when persistence removed or unprefixed its cookie."""
+    replaces the client's when persistence removed or unprefixed its cookie. A head with
+    nothing to drop or rewrite goes as the client sent it (`head.raw`), header values and
+    spacing unchanged, as HAProxy forwards them."""
+    xff = head.xff + b", " + client_ip if head.xff else client_ip
+    raw = head.raw
+    host = head.host
+    if raw is not None and host is not None and headers is None and not head.needs_filter:
+        # The common case: the client's own bytes (nothing to drop), then lbd's lines.
+        return b"".join(
+            (raw, b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto,
+             b"\r\nX-Forwarded-Host: ", host, b"\r\n\r\n")
+        )  # fmt: skip
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     if head.host is None:
         parts += (b"Host: ", default_host, b"\r\n")
@@ -84,7 +95,6 @@ def request_head_bytes(
             parts.append(b": ")
             parts.append(value)
             parts.append(b"\r\n")
-    xff = head.xff + b", " + client_ip if head.xff else client_ip
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if head.host is not None:
         parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")

@@ -96,3 +96,4 @@ def _edit_headers(head: RequestHead, rule: CompiledRule) -> None:
     drop = rule.del_headers | {n.lower() for n, _ in rule.set_headers}
     head.headers = [(n, v) for n, v in head.headers if n.lower() not in drop]
     head.headers.extend(rule.set_headers)
+    head.raw = None  # the bytes as received no longer say what goes to the server
