@@ -13,6 +13,10 @@ from typing import Final
 
 _FOLD: Final[tuple[bytes, ...]] = (b" ", b"\t")
 STANDARD_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection may name a header as hop-by-hop; these are never dropped for it: removing the
+# framing (or the Host) the other side relies on while lbd keeps the body would desync the
+# two legs (`Connection: content-length` is a known request-smuggling trick).
+KEPT_TOKENS: Final = STANDARD_TOKENS | {b"content-length", b"host"}
 NO_LENGTH: Final = -1
 
 
@@ -57,7 +61,8 @@ def end_to_end(raw: bytes) -> tuple[bytes, int, bool]:
         elif c == 116:  # t
             if _is_name(line, b"transfer-encoding:", b"Transfer-Encoding:"):
                 dropping = True
-                chunked = line.rstrip().lower().endswith(b"chunked")
+                # The last coding decides (RFC 9112 §6.3), as a token: not "notchunked".
+                chunked = line[18:].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             else:
                 dropping = _is_name(line, b"te:", b"TE:") or _is_name(
                     line, b"trailer:", b"Trailer:"
@@ -108,7 +113,7 @@ def _extra_tokens(value: bytes) -> set[bytes] | None:
     value = value.strip().lower()
     if value in STANDARD_TOKENS:
         return None
-    tokens = {t.strip() for t in value.split(b",")} - STANDARD_TOKENS
+    tokens = {t.strip() for t in value.split(b",")} - KEPT_TOKENS
     return tokens or None
 
 

@@ -24,8 +24,8 @@ from lbd.health import passive
 from lbd.http import wire
 from lbd.http.head import RequestHead
 from lbd.http.response_head import (
+    KEPT_TOKENS,
     NO_LENGTH,
-    STANDARD_TOKENS,
     end_to_end,
     has_header,
     header_list,
@@ -53,7 +53,6 @@ DROP_REQUEST: Final = wire.HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
-_STANDARD_TOKENS: Final = STANDARD_TOKENS
 _RETRY_STATUSES: Final = frozenset({502, 503, 504})
 
 
@@ -83,7 +82,7 @@ def request_head_bytes(
     if head.host is None:
         parts += (b"Host: ", default_host, b"\r\n")
     if head.needs_filter:
-        extra = head.connection_tokens - _STANDARD_TOKENS
+        extra = head.connection_tokens - KEPT_TOKENS
         drop = DROP_REQUEST | extra if extra else DROP_REQUEST
         for name, value in head.headers if headers is None else headers:
             if name.lower() not in drop:

@@ -36,6 +36,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_in_head",
         "_parser",
         "_raw_left",
+        "_unasked",
         "closed",
         "deadline",
         "exchange",
@@ -61,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_from = 0  # where the head being parsed starts in _buf
         self._in_head = False  # llhttp began a message whose head is not complete
         self._carry = b""  # the start of a head split across reads
+        self._unasked = False  # a message began with no exchange: the server spoke unasked
         self._body_seen = 0  # body bytes httptools delivered for this response
         self._raw_left = 0  # Content-Length bytes still to relay without the parser
 
@@ -105,6 +107,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             ex.upstream_failed(self, "bad-response", 502)
+            return
+        if self._unasked:
+            # Bytes beyond the response (after a HEAD answer, or past its end): nobody asked
+            # for them, and the next client must not get them. Never reuse this connection.
+            self._unasked = self._in_head = False
+            self._carry = self._buf = b""
+            ex.flush_client()
+            self.close()
             return
         if self._in_head:
             carry = self._buf[self._head_from :]
@@ -163,13 +173,16 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._body_seen = 0
+        if self.exchange is None:
+            self._unasked = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         buf = self._buf
         start = self._head_from
-        while buf.startswith(b"\r\n", start):  # llhttp skips empty lines before a message
-            start += 2
+        n = len(buf)
+        while start < n and (buf[start] == 13 or buf[start] == 10):
+            start += 1  # llhttp skips any CR and LF before a message
         end = buf.find(b"\r\n\r\n", start)
         if end < 0:
             # llhttp took a head that does not end in CRLF CRLF (bare LF line ends): refuse it.
@@ -203,6 +216,8 @@ class UpstreamConnection(asyncio.Protocol):
     def reset_parser(self) -> None:
         """Start over with a fresh parser (after a response to HEAD, which llhttp can't know)."""
         self._parser = httptools.HttpResponseParser(self)
+        self._in_head = False
+        self._carry = b""
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None

@@ -97,3 +97,4 @@ def _edit_headers(head: RequestHead, rule: CompiledRule) -> None:
     head.headers = [(n, v) for n, v in head.headers if n.lower() not in drop]
     head.headers.extend(rule.set_headers)
     head.raw = None  # the bytes as received no longer say what goes to the server
+    head.needs_filter = True  # a rule's own hop-by-hop or X-Forwarded-* lines are dropped too
