@@ -12,6 +12,11 @@ Rules:
   descriptors), cannot be weakly referenced (so lbd/logs/access.py stays out), ignores
   `Cls.__init__(obj)` on an existing object, and boxes a fixed-length tuple anew each time it
   is stored (compare tuples with ==, never `is`).
+- Speed in compiled code: a module constant must be `Final` (otherwise every use is a dict
+  lookup), a tuple constant indexed by a variable must be typed `tuple[X, ...]` (a fixed-length
+  one is boxed anew at each use), and a method call on bytes (`lower`, `find`, `split`) or a
+  regular-expression match costs hundreds to thousands of instructions where a loop over the
+  bytes with a table costs a few per byte. Count with `bench/instructions.sh`.
 - An editable install keeps the compiled modules in the source tree: after editing one of them,
   reinstall (`make` does it when a source changed) or its stale build keeps running.
 """

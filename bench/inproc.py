@@ -31,10 +31,12 @@ from lbd.config.schema import (
     Config,
     Frontend,
     GlobalConfig,
+    LogConfig,
     Matcher,
     Module,
     Server,
 )
+from lbd.logs.access import AccessLog
 from lbd.proxy.client import ClientConnection
 from lbd.proxy.upstream import UpstreamConnection
 from lbd.runtime import RuntimeHolder, build_runtime
@@ -85,7 +87,7 @@ class FakeTransport:
         pass
 
 
-def _config() -> Config:
+def _config(access_log: str = "off") -> Config:
     modules = (
         Module("accueil", Matcher(path_prefix="/accueil")),
         Module("dmu", Matcher(path_prefix="/dmu")),
@@ -97,7 +99,7 @@ def _config() -> Config:
     servers = tuple(Server(name=f"s{i}", address=Address("127.0.0.1", 2 + i)) for i in range(2))
     return Config(
         path="inproc",
-        global_=GlobalConfig(),
+        global_=GlobalConfig(log=LogConfig(access=access_log)),
         frontends=(frontend,),
         backends=(Backend(name="b", servers=servers),),
     )
@@ -106,7 +108,7 @@ def _config() -> Config:
 def _floor() -> Callable[[], None]:
     """One request through bench/peers/floor_proxy.py: the least a Python proxy does."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-    import floor_proxy
+    import floor_proxy  # type: ignore[import-not-found]
 
     client = floor_proxy.Client(("127.0.0.1", 2))
     client.connection_made(FakeTransport())  # type: ignore[arg-type]
@@ -120,10 +122,12 @@ def _floor() -> Callable[[], None]:
     return one
 
 
-def _lbd() -> Callable[[], None]:
+def _lbd(access_log: str) -> Callable[[], None]:
     """One request through lbd's ClientConnection and UpstreamConnection."""
     loop = asyncio.get_running_loop()
-    holder = RuntimeHolder(build_runtime(_config(), None, loop))
+    holder = RuntimeHolder(build_runtime(_config(access_log), None, loop))
+    if access_log != "off":  # as lbd/process/worker.py does
+        holder.runtime.access_log = AccessLog(access_log, "httplog")
     for state in holder.runtime.backends["b"].servers:
         upstream = UpstreamConnection(loop, state.pool)
         upstream.connection_made(FakeTransport())  # type: ignore[arg-type]
@@ -140,8 +144,8 @@ def _lbd() -> Callable[[], None]:
     return one
 
 
-async def run(requests: int, profile: bool, floor: bool) -> float:
-    one = _floor() if floor else _lbd()
+async def run(requests: int, profile: bool, floor: bool, access_log: str) -> float:
+    one = _floor() if floor else _lbd(access_log)
     gc.collect()
     gc.freeze()
     for _ in range(1000):  # warm-up
@@ -164,8 +168,9 @@ def main() -> None:
     parser.add_argument("requests", nargs="?", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--floor", action="store_true", help="bench/peers/floor_proxy.py instead")
+    parser.add_argument("--access-log", default="off", help="lbd's log.access (a file path)")
     args = parser.parse_args()
-    per_request = uvloop.run(run(args.requests, args.profile, args.floor))
+    per_request = uvloop.run(run(args.requests, args.profile, args.floor, args.access_log))
     print(f"{per_request * 1e6:.2f} µs per request (in-process, no syscalls)")
 
 

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -128,6 +129,44 @@ def test_hostile_queries_are_masked_in_linear_time(query: bytes) -> None:
     assert time.perf_counter() - t0 < 0.05  # generous: a blow-up is minutes
     assert "=1" not in masked
     assert masked.count("&") == min(query.count(b"&"), MAX_PARAMS)
+
+
+# The regular-expression definitions mask_query and escape had before they became byte loops:
+# the specification the loops are held to on random input.
+_NAME = rb"(?=[^=&]*[A-Za-z])[\w.\-\[\]%]{1,64}+"
+_PARAM_NAME = re.compile(_NAME)
+_UNSAFE = re.compile(rb'[\x00-\x20"#\x7f-\xff]')
+
+
+def _mask_by_definition(query: bytes) -> str:
+    out: list[str] = []
+    for i, part in enumerate(query.split(b"&", MAX_PARAMS)):
+        if i == MAX_PARAMS:
+            out.append("***")
+            break
+        name, eq, value = part.partition(b"=")
+        if not part:
+            out.append("")
+        elif eq and _PARAM_NAME.fullmatch(name) is not None:
+            out.append(name.decode("ascii") + ("=***" if value else "="))
+        else:
+            out.append("***")
+    return "&".join(out)
+
+
+def test_mask_query_and_escape_match_their_definitions_on_random_input() -> None:
+    rng = random.Random(5)
+    alphabet = b'aZ9_.-[]%=&&== x\xc3#"\x01'
+    for _ in range(20_000):
+        raw = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 20)))
+        assert mask_query(raw) == _mask_by_definition(raw), raw
+        expected = _UNSAFE.sub(lambda m: b"#%02X" % m[0][0], raw).decode("ascii")
+        assert escape(raw) == expected, raw
+    for n in (63, 64, 65):
+        name = b"n" * n + b"=v"
+        assert mask_query(name) == _mask_by_definition(name)
+    many = b"&".join(b"p%d=v" % i for i in range(33))
+    assert mask_query(many) == _mask_by_definition(many)
 
 
 def test_unsafe_bytes_are_escaped_haproxy_style() -> None:

@@ -46,23 +46,29 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 _UNSAFE: Final = re.compile(rb'[\x00-\x20"#\x7f-\xff]')
 
 # A query parameter name worth keeping: short, ASCII, at least one letter (`123456=x` is
-# likely an identifier used as a name). Everything else is masked. The lookahead checks for the
-# letter and the possessive `{1,64}+` never gives characters back: a query the client chose
-# cannot make these patterns backtrack across parameters (`(a*a*=)*` style blow-ups).
-_NAME: Final = rb"(?=[^=&]*[A-Za-z])[\w.\-\[\]%]{1,64}+"
-_PARAM_NAME: Final = re.compile(_NAME)
-# Fast path: every value replaced at C speed, then one check that what is left is only names.
-_VALUE: Final = re.compile(rb"=[^&]+")
-_PARAM: Final = rb"(?>%s=(?:\*\*\*)?)" % _NAME
-_ONLY_NAMES: Final = re.compile(rb"%s?(?:&%s?)*+" % (_PARAM, _PARAM))
+# likely an identifier used as a name). Everything else is masked. mask_query reads the query
+# once, byte by byte: nothing a client puts in it can make it backtrack.
 MASK: Final = "***"
 MAX_PARAMS: Final = 32  # parameters spelled out; the rest of a longer query becomes one `***`
+MAX_NAME: Final = 64
+
+# The same rules as byte tables, for the compiled loops below (a regular-expression call costs
+# a few thousand instructions; these loops a few per byte). tests/test_logs.py holds both equal.
+_UNSAFE_TABLE: Final = bytes(1 if _UNSAFE.match(bytes((c,))) else 0 for c in range(256))
+_NAME_TABLE: Final = bytes(
+    1 if re.fullmatch(rb"[\w.\-\[\]%]", bytes((c,))) else 0 for c in range(256)
+)
+_LETTER_TABLE: Final = bytes(1 if bytes((c,)).isalpha() else 0 for c in range(256))
 
 # The usual methods and versions, decoded once (anything else goes through escape()).
 _WORDS: Final = {w: w.decode() for w in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS",
                                    b"PATCH", b"1.1", b"1.0")}  # fmt: skip
 
 _NOSRV: Final = "<NOSRV>"
+
+
+# ".000" … ".999": a table lookup where a `:03d` format costs a format-spec parse per line.
+_MILLIS: Final[tuple[str, ...]] = tuple(f".{ms:03d}" for ms in range(1000))
 
 
 class DateCache:
@@ -98,44 +104,66 @@ class DateCache:
         sec = int(t)
         if sec != self._sec:
             self._fill(sec)
-        return f"{self._http}.{int((t - sec) * 1000):03d}"
+        return self._http + _MILLIS[int((t - sec) * 1000)]
 
     def iso(self, t: float) -> str:
         """`2009-02-06T12:14:14.655+01:00` (RFC 3339, also RFC 5424's TIMESTAMP)."""
         sec = int(t)
         if sec != self._sec:
             self._fill(sec)
-        return f"{self._iso}.{int((t - sec) * 1000):03d}{self._offset}"
+        return self._iso + _MILLIS[int((t - sec) * 1000)] + self._offset
 
 
 def escape(raw: bytes) -> str:
     """Bytes as printable ASCII without spaces, quotes or '#' (`#XX` for each such byte)."""
-    if _UNSAFE.search(raw) is not None:
-        raw = _UNSAFE.sub(lambda m: b"#%02X" % m[0][0], raw)
+    table = _UNSAFE_TABLE
+    for i in range(len(raw)):
+        if table[raw[i]]:
+            raw = _UNSAFE.sub(lambda m: b"#%02X" % m[0][0], raw)
+            break
     return raw.decode("ascii")
 
 
 def mask_query(query: bytes) -> str:
-    """`id=123&tab=bio&x` → `id=***&tab=***&***`: names kept when they look like names, values
-    never. Empty values stay empty (`a=` tells nothing)."""
-    if query.count(b"&") < MAX_PARAMS:
-        masked = _VALUE.sub(b"=***", query)
-        if _ONLY_NAMES.fullmatch(masked) is not None:
-            return masked.decode("ascii")
-    out: list[str] = []
-    parts = query.split(b"&", MAX_PARAMS)
-    for i, part in enumerate(parts):
-        if i == MAX_PARAMS:
-            out.append(MASK)
+    """`id=123&tab=bio&x` → `id=***&tab=***&***`: names kept when they look like names (1 to 64
+    of letters, digits and `_.-[]%`, at least one letter), values never. Empty values stay
+    empty (`a=` tells nothing). One pass over the bytes; at most MAX_PARAMS parameters are
+    spelled out, the rest of a longer query becomes one `***`."""
+    n = len(query)
+    names = _NAME_TABLE
+    letters = _LETTER_TABLE
+    pieces: list[bytes] = []
+    i = 0
+    while True:
+        if len(pieces) == MAX_PARAMS:
+            pieces.append(b"***")
             break
-        name, eq, value = part.partition(b"=")
-        if not part:
-            out.append("")
-        elif eq and _PARAM_NAME.fullmatch(name) is not None:
-            out.append(name.decode("ascii") + ("=" + MASK if value else "="))
+        j = i
+        eq = -1
+        name_ok = True
+        letter = False
+        while j < n:
+            c = query[j]
+            if c == 38:  # '&'
+                break
+            if eq < 0:
+                if c == 61:  # '='
+                    eq = j
+                elif not names[c]:
+                    name_ok = False
+                elif letters[c]:
+                    letter = True
+            j += 1
+        if j == i:
+            pieces.append(b"")
+        elif eq > i and name_ok and letter and eq - i <= MAX_NAME:
+            pieces.append(query[i : eq + 1] + b"***" if eq + 1 < j else query[i : eq + 1])
         else:
-            out.append(MASK)
-    return "&".join(out)
+            pieces.append(b"***")
+        if j >= n:
+            break
+        i = j + 1
+    return b"&".join(pieces).decode("ascii")
 
 
 def word(raw: bytes) -> str:
