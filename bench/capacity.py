@@ -30,7 +30,7 @@ from typing import Any
 import heldconns
 import wrk
 from lab import Lab, Placement
-from procs import StartError, failure_kinds, rss_kib, unwind_on_signals, write_results
+from procs import StartError, exit_code, failure_kinds, rss_kib, unwind_on_signals, write_results
 
 WANTED_NOFILE = 200_000
 TARGET_BYTES_PER_CONN = 3 * 1024
@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lbd-capacity-"))
     workdir.chmod(0o755)
     lab: Lab | None = None
-    try:
+
+    def measure() -> int:
+        nonlocal lab
         # lbd needs a descriptor per client plus its backend side; each client process holds
         # its share only, so the lbd side decides.
         nofile = raise_nofile(args.connections + 1000)
@@ -205,12 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         write_results(doc, None if args.no_latest else "latest-capacity.json", args.json)
         return 0
-    except StartError as e:
-        print(f"capacity: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("\ncapacity: interrupted, stopping everything", file=sys.stderr)
-        return 130
+
+    try:
+        return exit_code("capacity", measure)
     finally:
         if lab is not None:
             lab.stop()

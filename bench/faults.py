@@ -46,6 +46,7 @@ from lab import LBD_ENV, Placement
 from procs import (
     StartError,
     Supervisor,
+    exit_code,
     failure_kinds,
     free_port,
     unwind_on_signals,
@@ -456,17 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "faults": {},
     }
-    try:
+
+    def measure() -> int:
         for name in args.scenarios:
             doc["faults"][name] = run_one(name, args, placement)
-    except StartError as e:
-        print(f"faults: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("\nfaults: interrupted, stopping everything", file=sys.stderr)
-        return 130
-    write_results(doc, None if args.no_latest else "latest-faults.json", args.json)
-    return 0
+        write_results(doc, None if args.no_latest else "latest-faults.json", args.json)
+        return 0
+
+    return exit_code("faults", measure)
 
 
 if __name__ == "__main__":

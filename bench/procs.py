@@ -13,7 +13,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,20 @@ def unwind_on_signals() -> None:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def exit_code(name: str, body: Callable[[], int]) -> int:
+    """An entry point's exit code: `body()`'s, 3 when something would not start, 130 when
+    interrupted (see unwind_on_signals), each said in one line. Cleanup stays in the caller's
+    `finally`, which runs after this returns."""
+    try:
+        return body()
+    except StartError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted, stopping everything", file=sys.stderr)
+        return 130
 
 
 def failure_kinds(failures: dict[str, int]) -> str:

@@ -33,6 +33,7 @@ from procs import (
     RESULTS,
     StartError,
     busy_percent,
+    exit_code,
     unwind_on_signals,
     usable_cpus,
     write_results,
@@ -300,16 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lbd-bench-"))
     workdir.chmod(0o755)  # nginx workers run as nobody when started by root
     lab = Lab(workdir, placement, nofile=rss.raise_nofile())
-    try:
+
+    def measure() -> int:
         doc, name = run_phases(args, lab)
         write_results(doc, name, args.json)
         return 0
-    except StartError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("\nbench: interrupted, stopping everything", file=sys.stderr)
-        return 130
+
+    try:
+        return exit_code("bench", measure)
     finally:
         lab.stop()
         if args.keep_workdir:

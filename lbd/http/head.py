@@ -100,7 +100,8 @@ class RequestHead:
         # The request line and header lines as received (each ending in CRLF), when an HTTP/1.1
         # head arrived whole at the start of a read with a target that stays as it is: then
         # the server gets these bytes plus lbd's X-Forwarded-* lines instead of a rebuilt head.
-        # Whatever edits the method, target or headers afterwards must set it back to None.
+        # Never set when `needs_filter`; whatever edits the method, target or headers afterwards
+        # sets it back to None.
         self.raw: bytes | None = None
 
     @property

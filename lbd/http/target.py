@@ -182,8 +182,6 @@ def valid_host(host: bytes) -> bool:
         port = host[colon + 1 :]
         if port and not port.isdigit():
             return False
-        if not host[:colon].translate(None, UNRESERVED):
-            return True
     return HOST_RE.fullmatch(host) is not None
 
 

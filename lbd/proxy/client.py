@@ -444,7 +444,7 @@ class ClientConnection(asyncio.Protocol):
         assert p is not None  # its own callback
         method = p.get_method()
         version = None
-        if self._message_at_start and self._url_chunk is self._data:
+        if self._message_at_start:  # the request line starts this read (checked there)
             version = request_line_version(self._data, method, self._url)
         from_line = version is not None
         if version is None:
@@ -465,8 +465,9 @@ class ClientConnection(asyncio.Protocol):
         report = inspect_target(head)
         if report is not None:
             self._apply_url_policy(head, report)
-        elif from_line and version == b"1.1":
-            # The whole head is in this read, from its first byte: keep it to forward as is.
+        elif from_line and version == b"1.1" and not head.needs_filter:
+            # The whole head is in this read, from its first byte, with nothing to drop: keep
+            # it to forward as is.
             data = self._data
             end = data.find(b"\r\n\r\n")
             if end > 0:

@@ -72,7 +72,7 @@ def request_head_bytes(
     xff = head.xff + b", " + client_ip if head.xff else client_ip
     raw = head.raw
     host = head.host
-    if raw is not None and host is not None and headers is None and not head.needs_filter:
+    if raw is not None and host is not None and headers is None:
         # The common case: the client's own bytes (nothing to drop), then lbd's lines.
         return b"".join(
             (raw, b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto,
@@ -81,19 +81,13 @@ def request_head_bytes(
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     if head.host is None:
         parts += (b"Host: ", default_host, b"\r\n")
+    drop: frozenset[bytes] | None = None
     if head.needs_filter:
         extra = head.connection_tokens - KEPT_TOKENS
         drop = DROP_REQUEST | extra if extra else DROP_REQUEST
-        for name, value in head.headers if headers is None else headers:
-            if name.lower() not in drop:
-                parts += (name, b": ", value, b"\r\n")
-    else:
-        # The common case (classify saw nothing to drop): no lowercasing, no lookups.
-        for name, value in head.headers if headers is None else headers:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+    for name, value in head.headers if headers is None else headers:
+        if drop is None or name.lower() not in drop:
+            parts += (name, b": ", value, b"\r\n")
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if head.host is not None:
         parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
