@@ -24,9 +24,10 @@ import configs
 from procs import StartError, Supervisor, free_port, process_tree, usable_cpus, wait_port
 
 PROXIES = ("lbd", "haproxy", "nginx", "direct", "aiohttp-proxy", "lbd-w2")
-# Not in the default run: lbd writing an httplog access line per request to a file, and the
-# floor (the least a uvloop + httptools proxy does; one upstream, so plain profile only).
-EXTRA_PROXIES = ("lbd-log", "floor")
+# Not in the default run: lbd writing an httplog access line per request to a file, the floor
+# (the least a uvloop + httptools proxy does) and the relay (a uvloop byte pipe, no HTTP); the
+# last two have one upstream, so plain profile only.
+EXTRA_PROXIES = ("lbd-log", "floor", "relay")
 # Which proxies take part in each profile; `direct` cannot balance over three mock servers.
 PROFILE_PROXIES: dict[str, tuple[str, ...]] = {
     "plain": PROXIES + EXTRA_PROXIES,
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 LBD_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 PEER = Path(__file__).resolve().parent / "peers" / "aiohttp_proxy.py"
 FLOOR = Path(__file__).resolve().parent / "peers" / "floor_proxy.py"
+RELAY = Path(__file__).resolve().parent / "peers" / "relay_proxy.py"
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,10 @@ class Lab:
         if name == "aiohttp-proxy":
             ups = [a for p in upstreams for a in ("--upstream", f"127.0.0.1:{p}")]
             return [sys.executable, str(PEER), "--port", str(port), *ups]
-        if name == "floor":
+        if name in ("floor", "relay"):
             return [
                 sys.executable,
-                str(FLOOR),
+                str(FLOOR if name == "floor" else RELAY),
                 "--port",
                 str(port),
                 "--upstream",

@@ -33,6 +33,7 @@ class Summary:
     p99_ms: float
     p999_ms: float
     cpu_us_per_req: float | None
+    user_us_per_req: float | None
     errors: int
     rps_vs_haproxy: float | None
     cpu_vs_haproxy: float | None
@@ -64,6 +65,7 @@ def _summarise_one(scenario: str, proxy: str, runs: Sequence[Run]) -> Summary:
         p99_ms=statistics.median(r.p99_ms for r in runs),
         p999_ms=statistics.median(r.p999_ms for r in runs),
         cpu_us_per_req=_median_or_none([r.cpu_us_per_req for r in runs]),
+        user_us_per_req=_median_or_none([r.user_us_per_req for r in runs]),
         errors=sum(r.socket_errors + r.status_errors for r in runs),
         rps_vs_haproxy=None,
         cpu_vs_haproxy=None,
@@ -127,9 +129,10 @@ def _fmt(value: float | None, pattern: str, suffix: str = "") -> str:
 
 COLUMNS = (
     "proxy", "req/s median (min-max)", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/req",
+    "user µs/req",
     "req/s÷haproxy", "CPU÷haproxy", "p99÷haproxy", "req/s÷aiohttp", "errors",
 )  # fmt: skip
-_WIDTHS = (13, 30, 8, 8, 9, 11, 14, 12, 12, 14, 7)
+_WIDTHS = (13, 30, 8, 8, 9, 11, 12, 14, 12, 12, 14, 7)
 HEADER = " ".join(
     c.ljust(w) if i == 0 else c.rjust(w)
     for i, (c, w) in enumerate(zip(COLUMNS, _WIDTHS, strict=True))
@@ -144,6 +147,7 @@ def _cells(s: Summary) -> list[str]:
         f"{s.p99_ms:.2f}",
         f"{s.p999_ms:.2f}",
         _fmt(s.cpu_us_per_req, ".1f"),
+        _fmt(s.user_us_per_req, ".1f"),
         _fmt(s.rps_vs_haproxy, ".2f", "x"),
         _fmt(s.cpu_vs_haproxy, ".2f", "x"),
         _fmt(s.p99_vs_haproxy, ".2f", "x"),

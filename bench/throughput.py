@@ -17,7 +17,7 @@ from pathlib import Path
 import wrk
 from configs import POST_BYTES
 from lab import Endpoint, Placement
-from procs import cpu_seconds
+from procs import cpu_times
 
 
 def rotation(weighted: Sequence[tuple[str, int]]) -> str:
@@ -116,6 +116,8 @@ class Run:
     status_errors: int
     cpu_seconds: float | None
     cpu_us_per_req: float | None
+    # The user-space part of cpu_us_per_req (the rest is the kernel); absent in older results.
+    user_us_per_req: float | None = None
 
 
 def scripts(directory: Path, scenarios: Sequence[Scenario]) -> dict[str, Path]:
@@ -134,10 +136,16 @@ def measure(
     load_cpu: int | None,
 ) -> Run:
     """Run wrk once and charge the proxy's CPU time (whole process tree) to its requests."""
-    before = cpu_seconds(endpoint.pid) if endpoint.pid else None
+    before = cpu_times(endpoint.pid) if endpoint.pid else None
     result = wrk.run(endpoint.url(scenario.path), scenario.connections, duration, script, load_cpu)
-    cpu = cpu_seconds(endpoint.pid) - before if endpoint.pid and before is not None else None
-    per_req = cpu / result.requests * 1e6 if cpu is not None and result.requests else None
+    cpu = user = per_req = user_per_req = None
+    if endpoint.pid and before is not None:
+        after = cpu_times(endpoint.pid)
+        user = after[0] - before[0]
+        cpu = user + after[1] - before[1]
+        if result.requests:
+            per_req = cpu / result.requests * 1e6
+            user_per_req = user / result.requests * 1e6
     return Run(
         proxy=endpoint.name,
         scenario=scenario.key,
@@ -152,6 +160,7 @@ def measure(
         status_errors=result.status_errors,
         cpu_seconds=cpu,
         cpu_us_per_req=round(per_req, 2) if per_req is not None else None,
+        user_us_per_req=round(user_per_req, 2) if user_per_req is not None else None,
     )
 
 

@@ -5,7 +5,8 @@ backend (`return 200`), with the same self-signed ECDSA P-256 certificate genera
 openssl CLI into a temporary directory. Two scenarios: keep-alive (many requests per TLS
 connection) and new connection per request (`Connection: close`: one full handshake each,
 no session resumption since wrk keeps none). Everything is on 127.0.0.1; every process is
-stopped at the end. Prints req/s for each proxy and the lbd/HAProxy ratio (target >= 0.8).
+stopped at the end. Prints req/s and CPU µs per request (user-space part in brackets) for each
+proxy, and the lbd/HAProxy ratios (target: req/s >= 0.8).
 
     .venv/bin/python bench/tls_bench.py --duration 5
 """
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procs import cpu_times
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -195,18 +198,26 @@ def main() -> int:
             procs.append(haproxy)
             wait_port(ha_port, haproxy)
             print(f"cpu: proxies on {proxy_cpu}, wrk+nginx on {load_cpu}; {args.duration}s per run")
+            pids = {"haproxy": haproxy.pid, "lbd": lbd.pid}
+            ports = {"haproxy": ha_port, "lbd": lbd_port}
             for scenario, close in (("keep-alive", False), ("new connection per request", True)):
-                results: dict[str, list[float]] = {"lbd": [], "haproxy": []}
+                # name -> [(req/s, CPU µs/req, user µs/req)], best run by req/s reported
+                results: dict[str, list[tuple[float, float, float]]] = {"lbd": [], "haproxy": []}
                 for _ in range(args.repeat):  # interleaved: a noisy moment hurts both
-                    for name, port in (("haproxy", ha_port), ("lbd", lbd_port)):
-                        wrk(port, 1, 10, close, load_cpu)  # warm-up
-                        results[name].append(
-                            wrk(port, args.duration, args.connections, close, load_cpu)
-                        )
-                lbd_rps = max(results["lbd"])
-                ha_rps = max(results["haproxy"])
-                print(f"{scenario:28} lbd {lbd_rps:10.0f} req/s   haproxy {ha_rps:10.0f} req/s"
-                      f"   ratio {lbd_rps / ha_rps:.2f}")  # fmt: skip
+                    for name in ("haproxy", "lbd"):
+                        wrk(ports[name], 1, 10, close, load_cpu)  # warm-up
+                        user0, sys0 = cpu_times(pids[name])
+                        rps = wrk(ports[name], args.duration, args.connections, close, load_cpu)
+                        user1, sys1 = cpu_times(pids[name])
+                        requests = rps * args.duration
+                        cpu = (user1 - user0 + sys1 - sys0) / requests * 1e6
+                        results[name].append((rps, cpu, (user1 - user0) / requests * 1e6))
+                lbd_rps, lbd_cpu, lbd_user = max(results["lbd"])
+                ha_rps, ha_cpu, ha_user = max(results["haproxy"])
+                print(f"{scenario:28} lbd {lbd_rps:8.0f} req/s {lbd_cpu:6.1f} µs/req "
+                      f"(user {lbd_user:5.1f})   haproxy {ha_rps:8.0f} req/s {ha_cpu:6.1f} µs/req "
+                      f"(user {ha_user:5.1f})   req/s ratio {lbd_rps / ha_rps:.2f}, "
+                      f"CPU ratio {lbd_cpu / ha_cpu:.2f}")  # fmt: skip
         finally:
             for proc in reversed(procs):
                 stop(proc)

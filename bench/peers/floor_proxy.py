@@ -12,11 +12,10 @@ retries, no balancing (one upstream), no counters, no logging. Bench tooling onl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import httptools
-import uvloop
+import peer_cli  # bench/peers/, next to this script
 
 HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade")
@@ -166,14 +165,5 @@ async def serve(port: int, upstream: tuple[str, int]) -> None:
         await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="HOST:PORT")
-    args = parser.parse_args()
-    host, _, port = args.upstream.rpartition(":")
-    uvloop.run(serve(args.port, (host, int(port))))
-
-
 if __name__ == "__main__":
-    main()
+    peer_cli.run(serve, __doc__.splitlines()[0])
