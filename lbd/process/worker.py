@@ -23,10 +23,9 @@ from functools import partial
 from lbd.config.schema import Address, Config
 from lbd.errors import ConfigErrors
 from lbd.health.manager import HealthManager
-from lbd.limits.gate import PausableServer
 from lbd.logs.access import AccessLog
 from lbd.process.systemd import Notifier
-from lbd.proxy.client import ClientConnection
+from lbd.proxy.client import ClientConnection, ConnectionFactory
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
 from lbd.tls.context import load_tls
 from lbd.tls.listen import refresh_policies, tls_changes
@@ -176,21 +175,10 @@ class Worker:
             raise StartError(f"stats listener {stats.bind}: {exc.strerror or exc}") from exc
         self._stats = server
 
-    def _factory(self, listener: Listener) -> Callable[[], ClientConnection]:
+    def _factory(self, listener: Listener) -> ConnectionFactory:
         holder = self.holder
         assert holder is not None
-        connections = self.connections
-
-        def make() -> ClientConnection:
-            server = listener.server
-            fe = holder.runtime.frontends.get(listener.frontend_name)
-            proto = b"https" if fe is not None and fe.tls is not None else b"http"  # X-F-Proto
-            conn = ClientConnection(holder, listener.frontend_name, proto)
-            conn.registry = connections
-            conn.accept_switch = server if isinstance(server, PausableServer) else None
-            return conn
-
-        return make
+        return ConnectionFactory(holder, listener, self.connections)
 
     # --- run, reload, stop ------------------------------------------------------------------
 

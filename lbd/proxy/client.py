@@ -66,6 +66,7 @@ from lbd.proxy.timer import Deadline
 from lbd.tls.upgrade import start_server_tls
 
 if TYPE_CHECKING:
+    from lbd.process.worker import Listener
     from lbd.runtime import FrontendRuntime, Runtime, RuntimeHolder
 
 log = logging.getLogger("lbd.proxy")
@@ -373,7 +374,10 @@ class ClientConnection(asyncio.Protocol):
         if self.registry is not None:
             self.registry.discard(self)
         self._closing = True
-        self.deadline.cancel()
+        # The parser holds bound methods of this object and the deadline one: let go of both,
+        # so the connection is freed now by reference counting rather than by the cyclic GC.
+        self.deadline.release()
+        self._parser = None
         if self._rate_handle is not None:
             self._rate_handle.cancel()
             self._rate_handle = None
@@ -851,3 +855,30 @@ class ClientConnection(asyncio.Protocol):
             self.deadline.cancel()
             if self.transport is not None:
                 self.transport.close()
+
+
+class ConnectionFactory:
+    """A listener's protocol factory, compiled: uvloop calls it once per accepted connection
+    (a Python closure here cost an interpreted frame per connection). The listener's frontend
+    may change on reload and its server is set after the factory is made, so both are read
+    at each call."""
+
+    __slots__ = ("holder", "listener", "registry")
+
+    def __init__(
+        self, holder: RuntimeHolder, listener: Listener, registry: set[ClientConnection]
+    ) -> None:
+        self.holder = holder
+        self.listener = listener
+        self.registry = registry
+
+    def __call__(self) -> ClientConnection:
+        listener = self.listener
+        name = listener.frontend_name
+        fe = self.holder.runtime.frontends.get(name)
+        proto = b"https" if fe is not None and fe.tls is not None else b"http"  # X-F-Proto
+        conn = ClientConnection(self.holder, name, proto)
+        conn.registry = self.registry
+        server = listener.server
+        conn.accept_switch = server if isinstance(server, PausableServer) else None
+        return conn

@@ -500,7 +500,7 @@ class Exchange:
                 self.resp_out += (wire.status_line(status), end_to_end(raw)[0], b"\r\n")
             return
         server = self.server
-        if server is not None:
+        if server is not None and server.observer is not None:  # skip a Python call if not
             passive.response(server, status)
         if status in _RETRY_STATUSES and self._may_resend(str(status)):
             # `retry_on: [502, 503, 504]`: drop this answer and its connection, try again.

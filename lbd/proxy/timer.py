@@ -130,6 +130,10 @@ def wheel_of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
 _NOT_FILED: Final = float("inf")
 
 
+def _nothing() -> None:
+    """The callback of a released deadline."""
+
+
 class Deadline:
     """One connection's current deadline: `when` is a loop time, 0 when none is set."""
 
@@ -161,3 +165,11 @@ class Deadline:
         self.when = 0.0
         if self._slot:
             self._wheel.unfile(self)
+
+    def release(self) -> None:
+        """The owner closed for good: cancel, and drop the callback. It is a bound method of
+        the owner, which holds this deadline: a reference cycle that only the cyclic GC would
+        free, after the connection's every object had waited for it (measurable per closed
+        connection). A later `set()` is harmless: the deadline then fires a no-op."""
+        self.cancel()
+        self._callback = _nothing

@@ -51,7 +51,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.loop = loop
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        # None once closed: it holds bound methods of this object (see connection_lost)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.deadline = Deadline(loop, self._on_timeout)
         self.closed = False
         self.reused = False  # has served a response already (an idle close race is possible)
@@ -93,8 +94,11 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._buf = data
         self._head_from = 0
+        parser = self._parser
+        if parser is None:  # closed: nothing more is read
+            return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             if ex.upgrade_accepted():
@@ -152,7 +156,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.deadline.cancel()
+        # The parser and the deadline hold bound methods of this object: let go of both, so
+        # the connection is freed now by reference counting rather than by the cyclic GC.
+        self.deadline.release()
+        self._parser = None
         ex = self.exchange
         if ex is not None:
             self.exchange = None
@@ -194,6 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             p = self._parser
+            assert p is not None  # its own callback
             ex.response_head(p.get_status_code(), buf[start:end], p.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
