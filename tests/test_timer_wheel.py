@@ -167,3 +167,20 @@ async def test_a_callback_that_cancels_deadlines_of_its_own_slot_stops_them() ->
     assert events.index("killer") == len(events) - 1, events
     assert all(v.when == 0.0 for v in victims)
     assert wheel_of(loop).pending() == 0
+
+
+def test_each_loop_keeps_its_own_wheel_when_loops_alternate() -> None:
+    # wheel_of remembers the last loop it served: alternating loops must still get their own.
+    import uvloop
+
+    one, two = uvloop.new_event_loop(), uvloop.new_event_loop()
+    try:
+        first = wheel_of(one)
+        assert wheel_of(one) is first
+        second = wheel_of(two)
+        assert second is not first
+        assert wheel_of(one) is first
+        assert wheel_of(two) is second
+    finally:
+        one.close()
+        two.close()

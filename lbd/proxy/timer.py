@@ -119,11 +119,32 @@ _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerWheel] = (
 )
 
 
+class _LastWheel:
+    """The wheel found last, with a weak reference to its loop. A process runs one loop, so this
+    spares the WeakKeyDictionary lookup (an interpreted call) at every new connection. It keeps
+    at most one finished loop's wheel alive, until another loop asks."""
+
+    __slots__ = ("loop_ref", "wheel")
+
+    def __init__(self) -> None:
+        self.loop_ref: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self.wheel: TimerWheel | None = None
+
+
+_last: Final = _LastWheel()
+
+
 def wheel_of(loop: asyncio.AbstractEventLoop) -> TimerWheel:
     """The loop's wheel, created on first use (one per loop, so tests' loops never share one)."""
+    ref = _last.loop_ref
+    wheel = _last.wheel
+    if ref is not None and wheel is not None and ref() is loop:
+        return wheel
     wheel = _wheels.get(loop)
     if wheel is None:
         wheel = _wheels[loop] = TimerWheel(loop)
+    _last.loop_ref = weakref.ref(loop)
+    _last.wheel = wheel
     return wheel
 
 
