@@ -16,6 +16,7 @@ from lab import Endpoint
 from procs import rss_kib
 
 CONCURRENCY = 200
+SETTLE_S = 2.0
 REQUEST = b"GET /200b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
@@ -59,7 +60,9 @@ async def _hold_idle(port: int, n: int, pid: int, timeout: float) -> int:
     writers: list[asyncio.StreamWriter] = []
     try:
         writers = await asyncio.wait_for(asyncio.gather(*tasks), timeout)
-        await asyncio.sleep(1.0)  # let the proxy settle (freed buffers, idle timers armed)
+        # Let the proxy settle: freed buffers, idle timers armed, and every connection past lbd's
+        # idle trim (it drops an idle connection's parser and last request after 1 s).
+        await asyncio.sleep(SETTLE_S)
         return rss_kib(pid)
     finally:
         for task in tasks:
