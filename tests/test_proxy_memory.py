@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 from pathlib import Path
 
 import pytest
-from e2e_helpers import wait_until
+from e2e_helpers import free_port, wait_until
 
 from lbd.config.load import load_config_text
 from lbd.process.worker import Worker
@@ -39,13 +38,6 @@ async def _closing_backend() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def _one_request(port: int) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -60,7 +52,7 @@ def _alive() -> int:
 
 async def test_closed_connections_need_no_cyclic_gc(tmp_path: Path) -> None:
     backend, backend_port = await _closing_backend()
-    port = _free_port()
+    port = free_port()
     text = f"""\
 global: {{log: {{access: "off"}}}}
 frontends:
