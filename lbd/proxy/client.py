@@ -25,7 +25,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -66,7 +66,6 @@ from lbd.proxy.timer import Deadline
 from lbd.tls.upgrade import start_server_tls
 
 if TYPE_CHECKING:
-    from lbd.process.worker import Listener
     from lbd.runtime import FrontendRuntime, Runtime, RuntimeHolder
 
 log = logging.getLogger("lbd.proxy")
@@ -855,6 +854,15 @@ class ClientConnection(asyncio.Protocol):
             self.deadline.cancel()
             if self.transport is not None:
                 self.transport.close()
+
+
+class Listener(Protocol):
+    """What ConnectionFactory reads of the worker's Listener (lbd/process/worker.py). Not
+    imported from there: the compiled build would then type-check the whole worker and what it
+    imports (YAML, aiohttp, prometheus-client) without those packages in its build env."""
+
+    frontend_name: str
+    server: asyncio.AbstractServer | None
 
 
 class ConnectionFactory:
