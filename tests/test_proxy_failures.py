@@ -12,6 +12,8 @@ Timeouts here are 1 s and are only bounded from above, generously (they fire wit
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 import pytest
 from e2e_helpers import (
@@ -85,6 +87,56 @@ async def test_get_to_a_server_closing_without_answer_gives_502(harness: Harness
     # An idempotent request may be retried, but a bounded number of times (retries: 2).
     assert 1 <= len(backend.requests) <= 3
     assert {r.target for r in backend.requests} == {"/idempotent"}
+
+
+class ClosingAtAccept:
+    """A server that closes every connection the moment accept() returns it, from a thread of
+    its own so the close can reach lbd while lbd is still between accepting the connect and
+    using the connection (an overloaded server shedding connections)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            self.accepted += 1
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+async def test_server_closing_each_connection_at_once_gives_503_not_a_hang(
+    harness: Harness,
+) -> None:
+    # The close can reach lbd before its connect coroutine resumes (uvloop wakes it a few loop
+    # turns after connection_made): that connection must count as failed, not be used.
+    backend = ClosingAtAccept()
+    try:
+        lbd = await harness.lbd([backend.port], backend={"retries": 2})
+        for i in range(30):
+            client = await harness.connect(lbd.port)
+            await client.send(request("GET", f"/{i}"))
+            resp = await asyncio.wait_for(client.read_response(), 5)
+            assert resp.status in (502, 503), resp.raw
+            assert resp.header("connection") == "close"
+        assert backend.accepted >= 30
+    finally:
+        backend.stop()
 
 
 def first_connection_dies_after_one_answer() -> Handler:

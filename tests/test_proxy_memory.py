@@ -81,3 +81,35 @@ backends:
     finally:
         await worker.graceful_stop()
         backend.close()
+
+
+async def test_worker_lists_open_connections_and_forgets_closed_ones(tmp_path: Path) -> None:
+    # The worker's registry (an intrusive list, not a set) is what a graceful stop walks.
+    backend, backend_port = await _closing_backend()
+    port = free_port()
+    text = f"""\
+global: {{log: {{access: "off"}}}}
+frontends:
+  web: {{bind: ["127.0.0.1:{port}"], default_backend: app}}
+backends:
+  app:
+    servers: [{{name: s1, address: "127.0.0.1:{backend_port}"}}]
+"""
+    worker = Worker(load_config_text(text, str(tmp_path / "lbd.yaml")))
+    await worker.start()
+    writers = []
+    try:
+        for _ in range(4):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+        await wait_until(lambda: len(worker.connections) == 4, what="4 connections listed")
+        assert len(set(map(id, worker.connections))) == 4
+        for index in (1, 3, 0):  # middle, last, first
+            writers[index].close()
+            left = 3 - [1, 3, 0].index(index)
+            await wait_until(lambda n=left: len(worker.connections) == n, what=f"{left} left")
+        assert len(list(worker.connections)) == 1
+    finally:
+        await worker.graceful_stop()  # closes the idle one that is left
+        backend.close()
+    assert len(worker.connections) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -17,13 +18,23 @@ from lbd.proxy.timer import RESOLUTION, Deadline, wheel_of
 pytestmark = pytest.mark.timeout(30)
 
 
+class Call:
+    """A deadline owner that runs a function when its deadline expires."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
+
+    def on_deadline(self) -> None:
+        self.fn()
+
+
 class Recorder:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.fired: list[tuple[str, float]] = []
 
     def deadline(self, name: str) -> Deadline:
-        return Deadline(self.loop, lambda: self.fired.append((name, self.loop.time())))
+        return Deadline(self.loop, Call(lambda: self.fired.append((name, self.loop.time()))))
 
 
 async def _until(pred: object, limit: float = 5.0) -> None:
@@ -93,7 +104,7 @@ async def test_a_failing_callback_does_not_stop_the_others() -> None:
     def boom() -> None:
         raise RuntimeError("bug in one connection")
 
-    bad = Deadline(loop, boom)
+    bad = Deadline(loop, Call(boom))
     good = rec.deadline("good")
     bad.set(0.1)
     good.set(0.1)
@@ -149,14 +160,14 @@ async def test_a_slot_emptied_a_little_early_refiles_to_a_later_slot_not_forever
 async def test_a_callback_that_cancels_deadlines_of_its_own_slot_stops_them() -> None:
     loop = asyncio.get_running_loop()
     events: list[str] = []
-    victims = [Deadline(loop, lambda i=i: events.append(f"victim{i}")) for i in range(50)]
+    victims = [Deadline(loop, Call(lambda i=i: events.append(f"victim{i}"))) for i in range(50)]
 
     def kill() -> None:
         events.append("killer")
         for v in victims:
             v.cancel()
 
-    killer = Deadline(loop, kill)
+    killer = Deadline(loop, Call(kill))
     # One instant, so one slot, iterated in arbitrary order: victims met before the killer
     # fire, the ones after it must not.
     killer.set(0.1)

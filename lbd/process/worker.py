@@ -25,7 +25,7 @@ from lbd.errors import ConfigErrors
 from lbd.health.manager import HealthManager
 from lbd.logs.access import AccessLog
 from lbd.process.systemd import Notifier
-from lbd.proxy.client import ClientConnection, ConnectionFactory
+from lbd.proxy.client import ConnectionFactory, OpenConnections
 from lbd.runtime import Runtime, RuntimeHolder, build_runtime, describe_changes
 from lbd.tls.context import load_tls
 from lbd.tls.listen import refresh_policies, tls_changes
@@ -76,7 +76,7 @@ class Worker:
         self.bind: Callable[[Address], socket.socket] = bind_socket
         self.holder: RuntimeHolder | None = None
         self.listeners: dict[Address, Listener] = {}
-        self.connections: set[ClientConnection] = set()
+        self.connections = OpenConnections()
         self.access_log: AccessLog | None = None
         self.stop_event = asyncio.Event()
         self.started_at = time.time()

@@ -405,6 +405,11 @@ class Exchange:
         if self.done:
             server.pool.release(conn)  # the client left meanwhile; the fresh connection is fine
             return
+        if conn.closed:
+            # The server closed it already: uvloop resumes this coroutine a few loop turns after
+            # connection_made, and a server shedding connections can close in between.
+            self._connect_failed(server, "closed by the server at once")
+            return
         self._attach(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:

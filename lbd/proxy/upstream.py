@@ -53,7 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         # None once closed: it holds bound methods of this object (see connection_lost)
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
-        self.deadline = Deadline(loop, self._on_timeout)
+        self.deadline = Deadline(loop, self)
         self.closed = False
         self.reused = False  # has served a response already (an idle close race is possible)
         self.tunnel = False  # after a 101: raw bytes both ways
@@ -244,7 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _on_timeout(self) -> None:
+    def on_deadline(self) -> None:
         ex = self.exchange
         if ex is not None:
             ex.upstream_timeout(self)
