@@ -50,7 +50,8 @@ def _alive() -> int:
     return sum(1 for o in gc.get_objects() if type(o) in (ClientConnection, UpstreamConnection))
 
 
-async def test_closed_connections_need_no_cyclic_gc(tmp_path: Path) -> None:
+async def _worker(tmp_path: Path) -> tuple[asyncio.Server, Worker, int]:
+    """A started in-process Worker in front of a closing backend; (backend, worker, port)."""
     backend, backend_port = await _closing_backend()
     port = free_port()
     text = f"""\
@@ -63,6 +64,11 @@ backends:
 """
     worker = Worker(load_config_text(text, str(tmp_path / "lbd.yaml")))
     await worker.start()
+    return backend, worker, port
+
+
+async def test_closed_connections_need_no_cyclic_gc(tmp_path: Path) -> None:
+    backend, worker, port = await _worker(tmp_path)
     try:
         gc.collect()
         before = _alive()
@@ -85,18 +91,7 @@ backends:
 
 async def test_worker_lists_open_connections_and_forgets_closed_ones(tmp_path: Path) -> None:
     # The worker's registry (an intrusive list, not a set) is what a graceful stop walks.
-    backend, backend_port = await _closing_backend()
-    port = free_port()
-    text = f"""\
-global: {{log: {{access: "off"}}}}
-frontends:
-  web: {{bind: ["127.0.0.1:{port}"], default_backend: app}}
-backends:
-  app:
-    servers: [{{name: s1, address: "127.0.0.1:{backend_port}"}}]
-"""
-    worker = Worker(load_config_text(text, str(tmp_path / "lbd.yaml")))
-    await worker.start()
+    backend, worker, port = await _worker(tmp_path)
     writers = []
     try:
         for _ in range(4):
