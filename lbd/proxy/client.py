@@ -127,9 +127,7 @@ class ClientConnection(asyncio.Protocol):
         "_peer_ip_obj",
         "_phase",
         "_queue",
-        "_rate_ex",
         "_rate_handle",
-        "_rate_mark",
         "_rate_paused",
         "_raw_left",
         "_refuse",
@@ -201,8 +199,6 @@ class ClientConnection(asyncio.Protocol):
         self._url_chunk = b""  # the read in which the target ended
         # --- request-body rate (see BODY_MIN_RATE)
         self._rate_handle: asyncio.TimerHandle | None = None
-        self._rate_ex: Exchange | None = None
-        self._rate_mark = 0
         # --- edge protection (lbd.limits): the per-source entry this connection counts in,
         # the 429 reason when it is over its source's connection limit, and the listener
         # (PausableServer) that accepted it, for the frontend's maxconn gate
@@ -805,23 +801,25 @@ class ClientConnection(asyncio.Protocol):
         return mask.excerpt(data)
 
     def _arm_rate_check(self, ex: Exchange) -> None:
-        self._rate_ex = ex
-        self._rate_mark = ex.req_body_bytes
         self._rate_paused = bool(self._pause)
         window = min(BODY_RATE_WINDOW, self._fe.timeouts.client)
-        self._rate_handle = self.loop.call_later(window, self._check_rate)
+        # The exchange and its body bytes so far ride on the timer handle, not on this object:
+        # two fields fewer on every idle connection.
+        self._rate_handle = self.loop.call_later(window, self._check_rate, ex, ex.req_body_bytes)
 
-    def _check_rate(self) -> None:
-        """Once per window while a request body is read: refuse a client below BODY_MIN_RATE."""
+    def _check_rate(self, rated: Exchange, mark: int) -> None:
+        """Once per window while a request body is read: refuse a client below BODY_MIN_RATE.
+        `rated` is the exchange whose body was being read when the window began, with `mark`
+        of its body bytes read by then."""
         self._rate_handle = None
         ex = self._parsing
         if ex is None or self._closing:
             return
         # Only windows that start with body bytes already flowing are judged: before that the
         # client may rightly wait for a `100 Continue` (a silent one meets timeouts.client).
-        if ex is self._rate_ex and self._rate_mark and not self._rate_paused and not self._pause:
+        if ex is rated and mark and not self._rate_paused and not self._pause:
             window = min(BODY_RATE_WINDOW, self._fe.timeouts.client)
-            if ex.req_body_bytes - self._rate_mark < BODY_MIN_RATE * window:
+            if ex.req_body_bytes - mark < BODY_MIN_RATE * window:
                 self._raw_left = 0
                 self._bad_request(BadRequest("body-too-slow", status=408))
                 return
