@@ -90,6 +90,22 @@ async def test_http10_request_without_host_reaches_the_server_with_one(harness: 
     assert len(sent.values("host")) == 1, sent.raw
 
 
+async def test_pipelined_head_completed_after_a_pause_is_answered(harness: Harness) -> None:
+    # The second request's head starts in the first one's read and ends more than a second
+    # later: the connection is not idle meanwhile (lbd trims idle connections after 1 s).
+    backend = await harness.raw_backend(echo_target())
+    lbd = await harness.lbd([backend.port])
+    client = await harness.connect(lbd.port)
+
+    await client.send(request("GET", "/one") + b"GET /two HTTP/1.1\r\nHo")
+    first = await client.read_response()
+    assert (first.status, first.body) == (200, b"/one")
+    await asyncio.sleep(1.5)
+    await client.send(b"st: t\r\n\r\n")
+    second = await client.read_response()
+    assert (second.status, second.body) == (200, b"/two")
+
+
 async def test_pipelined_requests_are_answered_in_order(harness: Harness) -> None:
     mock = await harness.mock_backend("m1")
     lbd = await harness.lbd([mock.port])

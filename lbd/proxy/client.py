@@ -554,6 +554,12 @@ class ClientConnection(asyncio.Protocol):
             nxt.flush_upstream()
             return
         if self._parsing is None and self._phase == WAIT:
+            if self._in_message:
+                # A pipelined request's head began in an earlier read and is not complete yet:
+                # the connection is not idle (no trim, no graceful close), its head is timed.
+                self._phase = HEADERS
+                self.deadline.set(self._fe.timeouts.http_request)
+                return
             self._phase = IDLE
             self.deadline.set(min(IDLE_TRIM_AFTER, self._fe.timeouts.keep_alive))
 

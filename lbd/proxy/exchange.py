@@ -397,6 +397,13 @@ class Exchange:
             self._connect_failed(server, reason)
             return
         self.connecting = False
+        transport = conn.transport
+        if not self.done and (conn.closed or transport is None or transport.is_closing()):
+            # The server closed it already: uvloop resumes this coroutine a few loop turns after
+            # connection_made, and a server shedding connections can close in between. A failed
+            # connect, not a connection (its connection_lost, if still to come, forgets it).
+            self._connect_failed(server, "closed by the server at once")
+            return
         server.counters.connections += 1
         self.connect_time = seconds = self.client.loop.time() - t0
         bucket = bucket_of(seconds)
@@ -404,11 +411,6 @@ class Exchange:
             c.connect_time.observe_at(bucket, seconds)
         if self.done:
             server.pool.release(conn)  # the client left meanwhile; the fresh connection is fine
-            return
-        if conn.closed:
-            # The server closed it already: uvloop resumes this coroutine a few loop turns after
-            # connection_made, and a server shedding connections can close in between.
-            self._connect_failed(server, "closed by the server at once")
             return
         self._attach(conn)
 
