@@ -42,7 +42,7 @@ class ConnPool:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            if conn.usable():
                 return conn
         return None
 

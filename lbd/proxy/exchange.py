@@ -79,7 +79,7 @@ def request_head_bytes(
              b"\r\nX-Forwarded-Host: ", host, b"\r\n\r\n")
         )  # fmt: skip
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-    if head.host is None:
+    if host is None:
         parts += (b"Host: ", default_host, b"\r\n")
     drop: frozenset[bytes] | None = None
     if head.needs_filter:
@@ -89,8 +89,8 @@ def request_head_bytes(
         if drop is None or name.lower() not in drop:
             parts += (name, b": ", value, b"\r\n")
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
-    if head.host is not None:
-        parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
+    if host is not None:
+        parts += (b"X-Forwarded-Host: ", host, b"\r\n")
     if head.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if head.upgrade is not None:
@@ -397,8 +397,7 @@ class Exchange:
             self._connect_failed(server, reason)
             return
         self.connecting = False
-        transport = conn.transport
-        if not self.done and (conn.closed or transport is None or transport.is_closing()):
+        if not self.done and not conn.usable():
             # The server closed it already: uvloop resumes this coroutine a few loop turns after
             # connection_made, and a server shedding connections can close in between. A failed
             # connect, not a connection (its connection_lost, if still to come, forgets it).

@@ -231,6 +231,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def usable(self) -> bool:
+        """Open, and not closing: the server may have closed it since it was made or pooled."""
+        transport = self.transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
